@@ -1,0 +1,1 @@
+//! End-to-end tests of pgcorral; they live in the top-level `tests/` directory.
