@@ -11,7 +11,9 @@ mod slot;
 mod wait;
 
 pub use region::{Header, Region, ShmemError, MAX_CAPACITY, MAX_RULES};
-pub use slot::{AuthMethod, FixedBytes, Slot, SlotData, SlotState, NAME_LEN, PARAMS_LEN, STARTUP_LEN};
+pub use slot::{
+    AuthMethod, FixedBytes, Slot, SlotData, SlotState, NAME_LEN, PARAMS_LEN, STARTUP_LEN,
+};
 pub use wait::{Waiter, WaiterTicket, MAX_WAITERS};
 
 /// Seconds since the Unix epoch, for slot timestamps.

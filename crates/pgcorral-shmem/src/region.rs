@@ -86,9 +86,18 @@ impl Region {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(ShmemError::Map { len, source: std::io::Error::last_os_error() });
+            return Err(ShmemError::Map {
+                len,
+                source: std::io::Error::last_os_error(),
+            });
         }
-        let region = Region { base: base as *mut u8, len, capacity, waiters_at, slots_at };
+        let region = Region {
+            base: base as *mut u8,
+            len,
+            capacity,
+            waiters_at,
+            slots_at,
+        };
         // The mapping is zero-filled, which is a valid value for every atomic and for slot data; only
         // the fields with non-zero initial values are written.
         // SAFETY: base is aligned to a page and the header fits in the mapping.
@@ -97,7 +106,10 @@ impl Region {
             (*h).magic = MAGIC;
             (*h).capacity = capacity as u64;
         }
-        region.header().started_at.store(crate::now_secs(), Ordering::Relaxed);
+        region
+            .header()
+            .started_at
+            .store(crate::now_secs(), Ordering::Relaxed);
         for i in 0..capacity {
             region.slot(i).state_init();
         }
@@ -141,7 +153,11 @@ impl Region {
 
     /// Backends counted against limit rule `rule`.
     pub fn rule_count(&self, rule: usize) -> usize {
-        self.header().rule_counts.get(rule).map(|c| c.load(Ordering::Acquire) as usize).unwrap_or(0)
+        self.header()
+            .rule_counts
+            .get(rule)
+            .map(|c| c.load(Ordering::Acquire) as usize)
+            .unwrap_or(0)
     }
 
     /// Reserves room for one more backend within `max_connections` and the rule's `max_size`.
@@ -177,7 +193,8 @@ impl Region {
     /// Takes a NOTINIT slot into INIT for a new backend; the caller must have reserved room first.
     pub fn claim_empty_slot(&self, owner: i32) -> Option<usize> {
         for (i, slot) in self.slots() {
-            if slot.state() == SlotState::NotInit && slot.transition(SlotState::NotInit, SlotState::Init)
+            if slot.state() == SlotState::NotInit
+                && slot.transition(SlotState::NotInit, SlotState::Init)
             {
                 slot.clear();
                 slot.set_owner(owner);
@@ -199,7 +216,9 @@ impl Region {
         }
         slot.set_owner(0);
         self.unreserve(rule);
-        self.header().backends_killed.fetch_add(1, Ordering::Relaxed);
+        self.header()
+            .backends_killed
+            .fetch_add(1, Ordering::Relaxed);
         self.notify_release();
         true
     }
@@ -266,7 +285,11 @@ mod tests {
         assert!(r.reserve(2, None));
         let j = r.claim_empty_slot(43).unwrap();
         assert_eq!(i, j);
-        assert_ne!(r.slot(j).generation(), g, "a new backend means a new generation");
+        assert_ne!(
+            r.slot(j).generation(),
+            g,
+            "a new backend means a new generation"
+        );
     }
 
     #[test]

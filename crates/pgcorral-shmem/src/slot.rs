@@ -132,6 +132,13 @@ pub struct SlotData {
     pub params: FixedBytes<PARAMS_LEN>,
 }
 
+impl Default for SlotData {
+    fn default() -> Self {
+        // SAFETY: SlotData is plain bytes and integers; all-zero is a valid (empty) value.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
 impl SlotData {
     /// The authentication method recorded for this backend.
     pub fn auth(&self) -> AuthMethod {
@@ -183,7 +190,9 @@ impl Slot {
 
     /// Starts a new generation (call while holding the slot in INIT).
     pub fn new_generation(&self) -> u32 {
-        self.generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1)
+        self.generation
+            .fetch_add(1, Ordering::AcqRel)
+            .wrapping_add(1)
     }
 
     pub fn owner(&self) -> i32 {
@@ -204,11 +213,15 @@ impl Slot {
         (r >= 0).then_some(r as usize)
     }
     pub fn set_rule(&self, rule: Option<usize>) {
-        self.rule.store(rule.map(|r| r as i32).unwrap_or(-1), Ordering::Release)
+        self.rule
+            .store(rule.map(|r| r as i32).unwrap_or(-1), Ordering::Release)
     }
     /// The key of the backend (from its BackendKeyData), to cancel its queries.
     pub fn backend_key(&self) -> (i32, i32) {
-        (self.backend_pid.load(Ordering::Acquire), self.backend_secret.load(Ordering::Acquire))
+        (
+            self.backend_pid.load(Ordering::Acquire),
+            self.backend_secret.load(Ordering::Acquire),
+        )
     }
     pub fn set_backend_key(&self, pid: i32, secret: i32) {
         self.backend_pid.store(pid, Ordering::Release);
@@ -216,7 +229,10 @@ impl Slot {
     }
     /// The key pgcorral gave the client now using this slot.
     pub fn client_key(&self) -> (i32, i32) {
-        (self.client_pid.load(Ordering::Acquire), self.client_secret.load(Ordering::Acquire))
+        (
+            self.client_pid.load(Ordering::Acquire),
+            self.client_secret.load(Ordering::Acquire),
+        )
     }
     pub fn set_client_key(&self, pid: i32, secret: i32) {
         self.client_pid.store(pid, Ordering::Release);

@@ -33,17 +33,33 @@ pub struct WaiterTicket {
     ticket: u64,
 }
 
-fn futex(word: &std::sync::atomic::AtomicU32, op: libc::c_int, val: u32, timeout: Option<Duration>) {
+fn futex(
+    word: &std::sync::atomic::AtomicU32,
+    op: libc::c_int,
+    val: u32,
+    timeout: Option<Duration>,
+) {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     });
-    let ts_ptr = ts.as_ref().map(|t| t as *const libc::timespec).unwrap_or(std::ptr::null());
+    let ts_ptr = ts
+        .as_ref()
+        .map(|t| t as *const libc::timespec)
+        .unwrap_or(std::ptr::null());
     // SAFETY: `word` is a live 4-byte aligned atomic in the shared mapping; FUTEX_WAIT/FUTEX_WAKE
     // without FUTEX_PRIVATE_FLAG work across processes sharing the mapping. Errors (EAGAIN when the word
     // already changed, EINTR, ETIMEDOUT) all mean "look again", which every caller does.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), op, val, ts_ptr, std::ptr::null::<u32>(), 0);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            op,
+            val,
+            ts_ptr,
+            std::ptr::null::<u32>(),
+            0,
+        );
     }
 }
 
@@ -56,7 +72,12 @@ impl Region {
 
     /// Sleeps until a backend is released (the word moves past `seen`) or `timeout` passes.
     pub fn wait_for_release(&self, seen: u32, timeout: Duration) {
-        futex(&self.header().release_seq, libc::FUTEX_WAIT, seen, Some(timeout));
+        futex(
+            &self.header().release_seq,
+            libc::FUTEX_WAIT,
+            seen,
+            Some(timeout),
+        );
     }
 
     /// Wakes every waiting client: a backend became available or the queue changed.
@@ -76,7 +97,9 @@ impl Region {
             // Claim the entry with a sentinel first, so no other process writes its key and PID
             // between ours and the ticket; readers ignore the sentinel.
             if w.ticket.load(Ordering::Acquire) == 0
-                && w.ticket.compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                && w.ticket
+                    .compare_exchange(0, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
             {
                 w.key.store(key, Ordering::Release);
                 w.pid.store(pid, Ordering::Release);
@@ -92,7 +115,10 @@ impl Region {
     /// Leaves the queue and wakes the others (the next in line may now go).
     pub fn dequeue(&self, t: WaiterTicket) {
         let w = &self.waiters()[t.index];
-        if w.ticket.compare_exchange(t.ticket, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if w.ticket
+            .compare_exchange(t.ticket, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             self.header().waiting.fetch_sub(1, Ordering::AcqRel);
             self.notify_release();
         }
@@ -141,8 +167,14 @@ mod tests {
         let c = r.enqueue(3, 9).unwrap();
         assert!(!r.has_older_waiter(7, Some(a)));
         assert!(r.has_older_waiter(7, Some(b)));
-        assert!(!r.has_older_waiter(9, Some(c)), "another key does not block");
-        assert!(r.has_older_waiter(7, None), "a newcomer queues behind waiters");
+        assert!(
+            !r.has_older_waiter(9, Some(c)),
+            "another key does not block"
+        );
+        assert!(
+            r.has_older_waiter(7, None),
+            "a newcomer queues behind waiters"
+        );
         r.dequeue(a);
         assert!(!r.has_older_waiter(7, Some(b)));
         r.clear_waiters_of(2);
@@ -162,7 +194,10 @@ mod tests {
         r.notify_release();
         let t = Instant::now();
         r.wait_for_release(seen, Duration::from_secs(5));
-        assert!(t.elapsed() < Duration::from_secs(1), "a changed word does not sleep");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a changed word does not sleep"
+        );
     }
 
     #[test]

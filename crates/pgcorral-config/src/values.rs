@@ -1,0 +1,107 @@
+//! Value parsers shared by the configuration files. They return the reason
+//! for a refusal; the caller adds the file, line and key.
+
+use std::time::Duration;
+
+/// `on|yes|1|true|off|no|0|false`, case-insensitive.
+pub(crate) fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "yes" | "1" | "true" => Ok(true),
+        "off" | "no" | "0" | "false" => Ok(false),
+        _ => Err("expected on, yes, 1, true, off, no, 0 or false".to_string()),
+    }
+}
+
+/// A time: a non-negative integer with an optional suffix s, m, h, d or w
+/// (case-insensitive); seconds when there is no suffix.
+pub(crate) fn parse_time(value: &str) -> Result<Duration, String> {
+    const REASON: &str =
+        "expected a non-negative integer with an optional suffix s, m, h, d or w (e.g. 30s, 5m)";
+    let value = value.trim();
+    let (digits, unit) = match value.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&value[..i], c.to_ascii_lowercase()),
+        _ => (value, 's'),
+    };
+    let factor: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        'w' => 604_800,
+        _ => return Err(REASON.to_string()),
+    };
+    let digits = digits.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(REASON.to_string());
+    }
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| "the number is too large".to_string())?;
+    let seconds = number
+        .checked_mul(factor)
+        .ok_or_else(|| "the time is too large".to_string())?;
+    Ok(Duration::from_secs(seconds))
+}
+
+/// An unsigned integer in `min..=max`.
+pub(crate) fn parse_uint(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    let reason = || format!("expected an integer between {min} and {max}");
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(reason());
+    }
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(reason()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bools() {
+        for v in ["on", "YES", "1", "True"] {
+            assert_eq!(parse_bool(v), Ok(true));
+        }
+        for v in ["off", "No", "0", "FALSE"] {
+            assert_eq!(parse_bool(v), Ok(false));
+        }
+        assert!(parse_bool("maybe").is_err());
+        assert!(parse_bool("").is_err());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_time("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_time("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_time("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_time("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_time("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_time("1W"), Ok(Duration::from_secs(604800)));
+        for bad in [
+            "",
+            "s",
+            "-1",
+            "1.5",
+            "10x",
+            "1 m s",
+            "99999999999999999999",
+            "1ms",
+        ] {
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        assert!(parse_time("18446744073709551615w").is_err());
+    }
+
+    #[test]
+    fn uints() {
+        assert_eq!(parse_uint("10", 1, 10), Ok(10));
+        assert!(parse_uint("0", 1, 10).is_err());
+        assert!(parse_uint("11", 1, 10).is_err());
+        assert!(parse_uint("-1", 0, 10).is_err());
+        assert!(parse_uint("+1", 0, 10).is_err());
+        assert!(parse_uint("", 0, 10).is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! The main process: one single-threaded mio loop over the client listeners, the management socket
+//! and the signal pipe. It forks a worker per client, keeps every pooled backend socket, and reclaims
+//! what a dead worker held. It never waits on a client or a backend.
+
+use crate::context::Context;
+use crate::signals;
+use crate::transfer::{decode, recv_record, send_record, Request};
+use crate::worker;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use pgcorral_shmem::SlotState;
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const SIGNAL: Token = Token(0);
+const MANAGEMENT: Token = Token(1);
+const FIRST_LISTENER: usize = 2;
+const FIRST_MANAGEMENT_CONN: usize = 1000;
+
+/// A socket clients connect to.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    fn raw(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// Files main removes when it stops.
+pub struct Cleanup {
+    pub pidfile: Option<PathBuf>,
+    pub management_socket: PathBuf,
+}
+
+pub struct Daemon {
+    ctx: Context,
+    poll: Poll,
+    listeners: Vec<Listener>,
+    management: OwnedFd,
+    management_conns: HashMap<Token, OwnedFd>,
+    next_conn_token: usize,
+    signal_pipe: (OwnedFd, OwnedFd),
+    workers: HashSet<i32>,
+    stopping: Option<Instant>,
+    cleanup: Cleanup,
+}
+
+/// How long workers get to finish after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+impl Daemon {
+    pub fn new(
+        ctx: Context,
+        listeners: Vec<Listener>,
+        management: OwnedFd,
+        signal_pipe: (OwnedFd, OwnedFd),
+        cleanup: Cleanup,
+    ) -> io::Result<Daemon> {
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&signal_pipe.0.as_raw_fd()),
+            SIGNAL,
+            Interest::READABLE,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&management.as_raw_fd()),
+            MANAGEMENT,
+            Interest::READABLE,
+        )?;
+        for (i, l) in listeners.iter().enumerate() {
+            poll.registry().register(
+                &mut SourceFd(&l.raw()),
+                Token(FIRST_LISTENER + i),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(Daemon {
+            ctx,
+            poll,
+            listeners,
+            management,
+            management_conns: HashMap::new(),
+            next_conn_token: FIRST_MANAGEMENT_CONN,
+            signal_pipe,
+            workers: HashSet::new(),
+            stopping: None,
+            cleanup,
+        })
+    }
+
+    /// Runs until a stop signal; returns the exit code.
+    pub fn run(mut self) -> i32 {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let timeout = self.stopping.map(|_| Duration::from_millis(100));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("poll failed: {e}");
+                    break;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNAL => self.on_signals(),
+                    MANAGEMENT => self.accept_management(),
+                    Token(t) if t >= FIRST_MANAGEMENT_CONN => self.serve_management(Token(t)),
+                    Token(t) => self.accept_clients(t - FIRST_LISTENER),
+                }
+            }
+            if let Some(deadline) = self.stopping {
+                if self.workers.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    for &pid in &self.workers {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    self.reap(true);
+                    break;
+                }
+            }
+        }
+        self.finish();
+        0
+    }
+
+    fn on_signals(&mut self) {
+        for sig in signals::drain(self.signal_pipe.0.as_raw_fd()) {
+            match Signal::try_from(sig as i32) {
+                Ok(Signal::SIGCHLD) => self.reap(false),
+                Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) | Ok(Signal::SIGALRM) => self.begin_stop(),
+                Ok(Signal::SIGHUP) => {
+                    log::info!("SIGHUP: configuration reload is not supported yet; ignored")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        log::info!("shutting down: {} client(s) connected", self.workers.len());
+        self.stopping = Some(Instant::now() + STOP_GRACE);
+        self.ctx
+            .region
+            .header()
+            .shutting_down
+            .store(1, Ordering::Release);
+        for l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&l.raw()));
+            if let Listener::Unix(_, path) = &l {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        for &pid in &self.workers {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        // Waiting clients sleep on the futex: wake them so they see the flag.
+        self.ctx.region.notify_release();
+    }
+
+    fn accept_clients(&mut self, index: usize) {
+        loop {
+            let accepted = match self.listeners.get(index) {
+                Some(Listener::Tcp(l)) => l.accept().map(|(s, a)| {
+                    let _ = s.set_nodelay(self.ctx.config.main.nodelay);
+                    if self.ctx.config.main.keep_alive {
+                        let _ = nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::KeepAlive,
+                            &true,
+                        );
+                    }
+                    (OwnedFd::from(s), Some(a.ip()))
+                }),
+                Some(Listener::Unix(l, _)) => l.accept().map(|(s, _)| (OwnedFd::from(s), None)),
+                None => return,
+            };
+            match accepted {
+                Ok((fd, peer)) => self.spawn_worker(fd, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The fds only main may hold: closed in a worker right after fork.
+    fn main_only_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![
+            self.poll.as_raw_fd(),
+            self.signal_pipe.0.as_raw_fd(),
+            self.signal_pipe.1.as_raw_fd(),
+            self.management.as_raw_fd(),
+        ];
+        fds.extend(self.listeners.iter().map(Listener::raw));
+        fds.extend(self.management_conns.values().map(|c| c.as_raw_fd()));
+        fds
+    }
+
+    fn spawn_worker(&mut self, client: OwnedFd, peer: Option<IpAddr>) {
+        // SAFETY: main is single-threaded (no other thread can hold a lock the child would inherit);
+        // the child closes main's fds, runs the worker and exits without returning into main's loop.
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => {
+                for fd in self.main_only_fds() {
+                    // SAFETY: these fds belong to main's objects, which the child never uses or drops.
+                    unsafe { libc::close(fd) };
+                }
+                signals::install_worker();
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+                let code = worker::run(&self.ctx, client, peer);
+                std::process::exit(code);
+            }
+            Ok(ForkResult::Parent { child }) => {
+                self.workers.insert(child.as_raw());
+            }
+            Err(e) => {
+                log::error!("fork failed: {e}");
+                crate::security::send_fatal(
+                    client.as_raw_fd(),
+                    "53300",
+                    "could not fork a new process for the connection",
+                );
+            }
+        }
+    }
+
+    fn reap(&mut self, block: bool) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let flags = if block {
+                None
+            } else {
+                Some(WaitPidFlag::WNOHANG)
+            };
+            match waitpid(None, flags) {
+                Ok(WaitStatus::Exited(pid, code)) => {
+                    if code != 0 {
+                        log::debug!("worker {pid} exited with {code}");
+                    }
+                    self.child_gone(pid.as_raw());
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    log::warn!("worker {pid} was killed by {sig:?}");
+                    self.child_gone(pid.as_raw());
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            if block && (self.workers.is_empty() || Instant::now() >= deadline) {
+                break;
+            }
+        }
+    }
+
+    /// A worker is gone: whatever slot it still held is in an unknown state, so its backend is closed
+    /// and the slot freed; its place in the wait queue is dropped.
+    fn child_gone(&mut self, pid: i32) {
+        self.workers.remove(&pid);
+        let region = &self.ctx.region;
+        region.clear_waiters_of(pid);
+        for i in 0..region.capacity() {
+            let slot = region.slot(i);
+            if slot.owner() != pid {
+                continue;
+            }
+            let state = slot.state();
+            if matches!(state, SlotState::Free | SlotState::NotInit) {
+                continue;
+            }
+            if let Some((fd, generation)) = self.ctx.main_fds[i] {
+                if generation == slot.generation() {
+                    terminate_fd(fd);
+                    self.ctx.main_fds[i] = None;
+                }
+            }
+            if region.release_slot(i, state) {
+                log::warn!("slot {i}: reclaimed from worker {pid}, which ended while holding it");
+            }
+        }
+    }
+
+    fn accept_management(&mut self) {
+        loop {
+            match nix::sys::socket::accept4(
+                self.management.as_raw_fd(),
+                nix::sys::socket::SockFlag::SOCK_NONBLOCK
+                    | nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            ) {
+                Ok(raw) => {
+                    // SAFETY: accept4 returned a new fd that nothing else owns.
+                    let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                    let token = Token(self.next_conn_token);
+                    self.next_conn_token = self
+                        .next_conn_token
+                        .wrapping_add(1)
+                        .max(FIRST_MANAGEMENT_CONN);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut SourceFd(&conn.as_raw_fd()), token, Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.management_conns.insert(token, conn);
+                        // The request is usually there already (edge-triggered: look now).
+                        self.serve_management(token);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("management accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_management(&mut self, token: Token) {
+        let Some(conn) = self.management_conns.get(&token) else {
+            return;
+        };
+        let fd = conn.as_raw_fd();
+        let mut buf = [0u8; 64];
+        let (n, passed) = match recv_record(fd, &mut buf) {
+            Ok(r) => r,
+            Err(crate::transfer::TransferError::Io(nix::errno::Errno::EAGAIN)) => return,
+            Err(e) => {
+                log::debug!("management connection: {e}");
+                self.close_management(token);
+                return;
+            }
+        };
+        if n == 0 {
+            self.close_management(token);
+            return;
+        }
+        let status = match decode(&buf[..n], passed) {
+            Ok(rec) => self.handle_record(fd, rec),
+            Err(e) => {
+                log::warn!("management connection: {e}");
+                1
+            }
+        };
+        if status != 0 {
+            let _ = send_record(fd, &[status], None);
+        }
+        self.close_management(token);
+    }
+
+    /// Handles one transfer request; returns a non-zero status when no reply was sent yet.
+    fn handle_record(&mut self, reply_to: RawFd, rec: crate::transfer::Record) -> u8 {
+        let slot = rec.slot as usize;
+        if slot >= self.ctx.main_fds.len() {
+            return 1;
+        }
+        match rec.request {
+            Request::Transfer => {
+                let Some(fd) = rec.fd else { return 1 };
+                if let Some((old, _)) = self.ctx.main_fds[slot].take() {
+                    // An older backend of this slot: it is dead or being replaced.
+                    terminate_fd(old);
+                }
+                self.ctx.main_fds[slot] = Some((fd.into_raw_fd(), rec.generation));
+                let _ = send_record(reply_to, &[0], None);
+                0
+            }
+            Request::Get => match self.ctx.main_fds[slot] {
+                Some((fd, g)) if g == rec.generation => {
+                    let _ = send_record(reply_to, &[0], Some(fd));
+                    0
+                }
+                _ => 1,
+            },
+            Request::Kill => {
+                if let Some((fd, g)) = self.ctx.main_fds[slot] {
+                    if g == rec.generation {
+                        terminate_fd(fd);
+                        self.ctx.main_fds[slot] = None;
+                    }
+                }
+                let _ = send_record(reply_to, &[0], None);
+                0
+            }
+        }
+    }
+
+    fn close_management(&mut self, token: Token) {
+        if let Some(conn) = self.management_conns.remove(&token) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&conn.as_raw_fd()));
+        }
+    }
+
+    fn finish(&mut self) {
+        for (i, entry) in self.ctx.main_fds.iter_mut().enumerate() {
+            if let Some((fd, _)) = entry.take() {
+                terminate_fd(fd);
+                let slot = self.ctx.region.slot(i);
+                let state = slot.state();
+                if state != SlotState::NotInit {
+                    self.ctx.region.release_slot(i, state);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.cleanup.management_socket);
+        if let Some(p) = &self.cleanup.pidfile {
+            let _ = std::fs::remove_file(p);
+        }
+        log::info!("pgcorral stopped");
+    }
+}
+
+/// Sends Terminate to a backend, then shuts the socket down for every process holding a copy (workers
+/// forked earlier inherited it) and closes main's copy.
+pub fn terminate_fd(fd: RawFd) {
+    // SAFETY: fd is a backend socket main owns; it is closed here and forgotten by the caller.
+    unsafe {
+        let x = [b'X', 0, 0, 0, 4];
+        libc::send(
+            fd,
+            x.as_ptr() as *const libc::c_void,
+            x.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::close(fd);
+    }
+}

@@ -1,0 +1,383 @@
+//! pgcorral: a PostgreSQL connection pooler that forks one worker process per client, in the manner
+//! of pgagroal. This binary is the daemon; see doc/architecture.md for how its processes share state.
+
+mod backend;
+mod context;
+mod daemon;
+mod io;
+mod pipeline;
+mod pool;
+mod security;
+mod signals;
+mod transfer;
+mod worker;
+
+use clap::{ArgAction, Parser};
+use pgcorral_config::{Config, LogType, Pipeline as PipelineKind};
+use pgcorral_shmem::Region;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+const DEFAULT_DIR: &str = "/etc/pgcorral";
+
+/// Command line, as pgagroal's.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgcorral",
+    version,
+    about = "PostgreSQL connection pooler",
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+struct Cli {
+    /// Main configuration file
+    #[arg(short = 'c', long = "config", value_name = "CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// Host-based access file
+    #[arg(short = 'a', long = "hba", value_name = "HBA_FILE")]
+    hba: Option<PathBuf>,
+    /// Limits (databases) file
+    #[arg(short = 'l', long = "limit", value_name = "LIMIT_FILE")]
+    limit: Option<PathBuf>,
+    /// Users file (vault; not supported yet)
+    #[arg(short = 'u', long = "users", value_name = "USERS_FILE")]
+    users: Option<PathBuf>,
+    /// Frontend users file (not supported yet)
+    #[arg(short = 'F', long = "frontend", value_name = "FRONTEND_USERS_FILE")]
+    frontend: Option<PathBuf>,
+    /// Admins file (not supported yet)
+    #[arg(short = 'A', long = "admins", value_name = "ADMINS_FILE")]
+    admins: Option<PathBuf>,
+    /// Superuser file (not supported yet)
+    #[arg(short = 'S', long = "superuser", value_name = "SUPERUSER_FILE")]
+    superuser: Option<PathBuf>,
+    /// Run as a daemon
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Print the version and exit
+    #[arg(short = 'V', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+    /// Print help and exit
+    #[arg(short = '?', long = "help", action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn fail(message: impl std::fmt::Display) -> ! {
+    eprintln!("pgcorral: {message}");
+    std::process::exit(1);
+}
+
+fn init_logging(config: &Config) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(config.main.log_level.to_filter());
+    builder.format(|buf, record| {
+        writeln!(
+            buf,
+            "{} {:<5} [{}] {}",
+            buf.timestamp_seconds(),
+            record.level(),
+            std::process::id(),
+            record.args()
+        )
+    });
+    match config.main.log_type {
+        LogType::Console => {
+            builder.target(env_logger::Target::Stderr);
+        }
+        LogType::File => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.main.log_path)
+                .unwrap_or_else(|e| {
+                    fail(format!(
+                        "cannot open log_path {}: {e}",
+                        config.main.log_path.display()
+                    ))
+                });
+            builder.target(env_logger::Target::Pipe(Box::new(file)));
+        }
+    }
+    builder.init();
+}
+
+fn listen_addresses(host: &str, port: u16) -> Vec<SocketAddr> {
+    if host == "*" {
+        return vec![
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        ];
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => fail(format!("cannot resolve host '{host}': {e}")),
+    }
+}
+
+fn tcp_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrStorage,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        // With host = *, the IPv4 wildcard has its own socket.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    listen(
+        &fd,
+        Backlog::new(backlog.min(i32::MAX as u32) as i32).unwrap_or(Backlog::MAXCONN),
+    )?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Binds a Unix socket, replacing a stale file left by a crashed run but never a live server's socket.
+fn unix_listener(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another server is listening there",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    l.set_nonblocking(true)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+fn management_listener(path: &Path) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+    };
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // Only the pgcorral user may hand sockets in or take them out.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    Ok(fd)
+}
+
+/// Creates the pidfile with O_EXCL; a file whose PID is no longer alive is replaced.
+fn write_pidfile(path: &Path) {
+    use std::fs::OpenOptions;
+    for _ in 0..2 {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0644()
+            .open(path)
+        {
+            Ok(mut f) => {
+                if let Err(e) = writeln!(f, "{}", std::process::id()) {
+                    fail(format!("cannot write pidfile {}: {e}", path.display()));
+                }
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let old = std::fs::read_to_string(path).unwrap_or_default();
+                let alive = old.trim().parse::<i32>().ok().is_some_and(|pid| {
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                });
+                if alive {
+                    fail(format!(
+                        "pidfile {} exists and process {} is running: is another pgcorral using this configuration?",
+                        path.display(),
+                        old.trim()
+                    ));
+                }
+                log::warn!(
+                    "removing stale pidfile {} (process {} is gone)",
+                    path.display(),
+                    old.trim()
+                );
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) => fail(format!("cannot create pidfile {}: {e}", path.display())),
+        }
+    }
+    fail(format!("cannot create pidfile {}", path.display()));
+}
+
+trait Mode0644 {
+    fn mode_0644(&mut self) -> &mut Self;
+}
+impl Mode0644 for std::fs::OpenOptions {
+    fn mode_0644(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o644)
+    }
+}
+
+fn raise_fd_limit() {
+    if let Ok((soft, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        if soft < hard {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
+    }
+}
+
+fn daemonize() {
+    // SAFETY: called before any thread exists; the parent exits at once.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(e) => fail(format!("cannot fork to become a daemon: {e}")),
+    }
+    let _ = nix::unistd::setsid();
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for target in 0..=2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), target);
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let conf = cli
+        .config
+        .unwrap_or_else(|| Path::new(DEFAULT_DIR).join("pgcorral.conf"));
+    let hba = cli
+        .hba
+        .unwrap_or_else(|| Path::new(DEFAULT_DIR).join("pgcorral_hba.conf"));
+    let limits = cli.limit.or_else(|| {
+        let p = Path::new(DEFAULT_DIR).join("pgcorral_databases.conf");
+        p.exists().then_some(p)
+    });
+    let (config, warnings) = match Config::load(&conf, &hba, limits.as_deref()) {
+        Ok(c) => c,
+        Err(e) => fail(e),
+    };
+    if cli.daemon && config.main.log_type == LogType::Console {
+        fail("-d (daemon mode) needs log_type = file: a daemon has no console to log to");
+    }
+    init_logging(&config);
+    for w in &warnings {
+        log::warn!("{w}");
+    }
+    for (flag, given) in [
+        ("-u", &cli.users),
+        ("-F", &cli.frontend),
+        ("-A", &cli.admins),
+        ("-S", &cli.superuser),
+    ] {
+        if let Some(p) = given {
+            log::warn!(
+                "{flag} {}: user vault files are not supported yet; ignored",
+                p.display()
+            );
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        log::warn!("running as root: prefer an unprivileged user (root is needed only for the cgroup mover)");
+    }
+    raise_fd_limit();
+    if cli.daemon {
+        daemonize();
+    }
+    let main = &config.main;
+    let pidfile = main.pidfile.clone().unwrap_or_else(|| {
+        main.unix_socket_dir
+            .join(format!("pgcorral.{}.pid", main.port))
+    });
+    write_pidfile(&pidfile);
+    let remove_pidfile_and_fail = |msg: String| -> ! {
+        let _ = std::fs::remove_file(&pidfile);
+        fail(msg)
+    };
+
+    let mut listeners = Vec::new();
+    for addr in listen_addresses(&main.host, main.port) {
+        match tcp_listener(addr, main.backlog) {
+            Ok(l) => listeners.push(daemon::Listener::Tcp(l)),
+            // An IPv6 wildcard on a host without IPv6 is not worth failing for when IPv4 works.
+            Err(e) if main.host == "*" && addr.is_ipv6() => {
+                log::warn!("not listening on {addr}: {e}")
+            }
+            Err(e) => remove_pidfile_and_fail(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+    let socket_path = main.unix_socket_dir.join(format!(".s.PGSQL.{}", main.port));
+    match unix_listener(&socket_path, 0o777) {
+        Ok(l) => listeners.push(daemon::Listener::Unix(l, socket_path.clone())),
+        Err(e) => {
+            remove_pidfile_and_fail(format!("cannot listen on {}: {e}", socket_path.display()))
+        }
+    }
+    let management_path = main
+        .unix_socket_dir
+        .join(format!(".s.pgcorral.{}", main.port));
+    let management = management_listener(&management_path).unwrap_or_else(|e| {
+        remove_pidfile_and_fail(format!(
+            "cannot create the management socket {}: {e}",
+            management_path.display()
+        ))
+    });
+    let region = Region::create(main.max_connections)
+        .unwrap_or_else(|e| remove_pidfile_and_fail(e.to_string()));
+    let signal_pipe = signals::install_main()
+        .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot set up signals: {e}")));
+    let pipeline = match main.pipeline {
+        PipelineKind::Session => "session",
+        PipelineKind::Auto | PipelineKind::Performance => "performance",
+    };
+    log::info!(
+        "pgcorral {} started: {}:{} and {}, pipeline {pipeline}, max_connections {}, server {}:{}",
+        env!("CARGO_PKG_VERSION"),
+        main.host,
+        main.port,
+        socket_path.display(),
+        main.max_connections,
+        config.servers[config.primary_index()].host,
+        config.servers[config.primary_index()].port,
+    );
+    let capacity = main.max_connections;
+    let cleanup = daemon::Cleanup {
+        pidfile: Some(pidfile.clone()),
+        management_socket: management_path.clone(),
+    };
+    let ctx = context::Context {
+        config,
+        region,
+        main_fds: vec![None; capacity],
+        management_path,
+    };
+    let daemon = daemon::Daemon::new(ctx, listeners, management, signal_pipe, cleanup)
+        .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));
+    std::process::exit(daemon.run());
+}

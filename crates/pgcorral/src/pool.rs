@@ -1,0 +1,324 @@
+//! Getting, returning and killing backend connections (pgagroal's pool.c).
+//!
+//! Checkout order: a FREE slot of the same pool key that the client may reuse (CAS FREE→IN_USE); else a
+//! new backend within `max_connections` and the limit rule's `max_size` (CAS NOTINIT→INIT); else, when
+//! a limit is reached but an idle backend of another kind holds the room, that backend is closed to make
+//! room; else the client queues (FIFO per pool key) and sleeps on the region's futex until a backend is
+//! released or `blocking_timeout` passes.
+
+use crate::context::Context;
+use crate::transfer::MainLink;
+use pgcorral_shmem::{now_secs, SlotData, SlotState};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why no backend could be had.
+#[derive(Debug, Error)]
+pub enum PoolError {
+    #[error("connection pool is full")]
+    Full,
+    #[error("pgcorral is shutting down")]
+    ShuttingDown,
+    #[error("cannot get the pooled connection's socket from the main process: {0}")]
+    Transfer(#[from] crate::transfer::TransferError),
+}
+
+/// What makes two clients able to share a backend.
+#[derive(Debug, Clone)]
+pub struct PoolKey {
+    pub user: String,
+    pub database: String,
+    pub options: String,
+    pub hash: u64,
+}
+
+impl PoolKey {
+    pub fn new(user: &str, database: &str, options: &str) -> PoolKey {
+        // FNV-1a: a cheap filter; equality of the strings is checked after taking a slot.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in [
+            user.as_bytes(),
+            b"\0",
+            database.as_bytes(),
+            b"\0",
+            options.as_bytes(),
+        ] {
+            for &b in part {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        PoolKey {
+            user: user.to_string(),
+            database: database.to_string(),
+            options: options.to_string(),
+            hash: h.max(1),
+        }
+    }
+
+    fn matches(&self, d: &SlotData) -> bool {
+        d.user.get() == self.user.as_bytes()
+            && d.database.get() == self.database.as_bytes()
+            && d.options.get() == self.options.as_bytes()
+    }
+}
+
+/// A backend a worker holds.
+pub struct Lease {
+    pub slot: usize,
+    pub generation: u32,
+    /// True when this worker opened the backend (main does not have it yet).
+    pub fresh: bool,
+    /// The backend socket (None for a fresh lease until the worker connects).
+    pub fd: Option<OwnedFd>,
+}
+
+/// How a checkout went.
+pub struct Checkout {
+    pub lease: Lease,
+    /// How long the client waited in the queue.
+    pub waited: Duration,
+}
+
+/// Looks for a backend for `key`. `reusable` says whether the client may be served by a pooled backend
+/// (`None`: never, it needs a fresh one).
+pub fn checkout(
+    ctx: &Context,
+    key: &PoolKey,
+    rule: Option<usize>,
+    reusable: Option<&dyn Fn(&SlotData) -> bool>,
+    timeout: Duration,
+) -> Result<Checkout, PoolError> {
+    let region = &ctx.region;
+    let me = std::process::id() as i32;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let max_connections = ctx.config.main.max_connections;
+    let rule_limit = rule.map(|r| (r, ctx.config.limits[r].max_size));
+    let mut ticket = None;
+    let result = loop {
+        let seen = region.release_seq();
+        if region
+            .header()
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+            != 0
+            || crate::io::STOP_REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            break Err(PoolError::ShuttingDown);
+        }
+        if !region.has_older_waiter(key.hash, ticket) {
+            if let Some(reusable) = reusable {
+                if let Some(lease) = take_free(ctx, key, reusable, me)? {
+                    break Ok(lease);
+                }
+            }
+            if region.reserve(max_connections, rule_limit) {
+                match region.claim_empty_slot(me) {
+                    Some(slot) => {
+                        let s = region.slot(slot);
+                        s.set_rule(rule);
+                        s.set_pool_key(key.hash);
+                        s.set_start_time(now_secs());
+                        s.set_last_use(now_secs());
+                        region
+                            .header()
+                            .backends_created
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        break Ok(Lease {
+                            slot,
+                            generation: s.generation(),
+                            fresh: true,
+                            fd: None,
+                        });
+                    }
+                    None => region.unreserve(rule),
+                }
+            }
+            if evict_idle(ctx, key, rule, reusable, me) {
+                continue;
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            region
+                .header()
+                .wait_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            break Err(PoolError::Full);
+        }
+        if ticket.is_none() {
+            ticket = region.enqueue(me, key.hash);
+            if ticket.is_some() {
+                continue; // look once more before sleeping: the queue changed nothing yet
+            }
+        }
+        region.wait_for_release(seen, (deadline - now).min(Duration::from_secs(1)));
+    };
+    if let Some(t) = ticket {
+        region.dequeue(t);
+    }
+    result.map(|lease| Checkout {
+        lease,
+        waited: started.elapsed(),
+    })
+}
+
+fn take_free(
+    ctx: &Context,
+    key: &PoolKey,
+    reusable: &dyn Fn(&SlotData) -> bool,
+    me: i32,
+) -> Result<Option<Lease>, PoolError> {
+    let region = &ctx.region;
+    for (i, slot) in region.slots() {
+        if slot.pool_key() != key.hash || slot.state() != SlotState::Free {
+            continue;
+        }
+        if !slot.transition(SlotState::Free, SlotState::InUse) {
+            continue;
+        }
+        // The slot may have been killed and re-created for someone else between the look and the CAS:
+        // check what it holds now that it is ours.
+        if !slot.with_data(|d| key.matches(d) && reusable(d)) {
+            slot.transition(SlotState::InUse, SlotState::Free);
+            region.notify_release();
+            continue;
+        }
+        slot.set_owner(me);
+        slot.set_last_use(now_secs());
+        let generation = slot.generation();
+        let fd = match ctx.inherited_fd(i, generation) {
+            // SAFETY: the fd was open in main at fork and so is open here under the same number; this
+            // process uses it for this slot only, and owning it here closes only this process's copy.
+            Some(raw) => unsafe { OwnedFd::from_raw_fd(raw) },
+            None => {
+                match MainLink::connect(&ctx.management_path).and_then(|l| l.get(i, generation)) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        // Main lacks the socket: the backend cannot be used; close the slot.
+                        log::warn!("slot {i}: {e}; closing it");
+                        let _ = MainLink::connect(&ctx.management_path)
+                            .and_then(|l| l.kill(i, generation));
+                        region.release_slot(i, SlotState::InUse);
+                        continue;
+                    }
+                }
+            }
+        };
+        return Ok(Some(Lease {
+            slot: i,
+            generation,
+            fresh: false,
+            fd: Some(fd),
+        }));
+    }
+    Ok(None)
+}
+
+/// Closes one idle backend that holds room this client needs: when the global limit is reached any FREE
+/// backend this client cannot reuse qualifies; when only the rule's limit is, one of the same rule.
+fn evict_idle(
+    ctx: &Context,
+    key: &PoolKey,
+    rule: Option<usize>,
+    reusable: Option<&dyn Fn(&SlotData) -> bool>,
+    me: i32,
+) -> bool {
+    let region = &ctx.region;
+    let global_full = region.active() >= ctx.config.main.max_connections;
+    for (i, slot) in region.slots() {
+        if slot.state() != SlotState::Free {
+            continue;
+        }
+        let same_rule = rule.is_some() && slot.rule() == rule;
+        if !global_full && !same_rule {
+            continue;
+        }
+        let usable = slot.pool_key() == key.hash
+            && reusable.is_some_and(|r| slot.with_data(|d| key.matches(d) && r(d)));
+        if usable {
+            continue;
+        }
+        if !slot.transition(SlotState::Free, SlotState::Remove) {
+            continue;
+        }
+        slot.set_owner(me);
+        let generation = slot.generation();
+        log::debug!("slot {i}: closing an idle backend to make room");
+        if let Err(e) = MainLink::connect(&ctx.management_path).and_then(|l| l.kill(i, generation))
+        {
+            log::warn!("slot {i}: main did not confirm closing the backend: {e}");
+        }
+        region.release_slot(i, SlotState::Remove);
+        return true;
+    }
+    false
+}
+
+/// Gives a backend back to the pool. The caller has reset it.
+pub fn give_back(ctx: &Context, mut lease: Lease) {
+    let region = &ctx.region;
+    let slot = region.slot(lease.slot);
+    if lease.fresh {
+        let Some(fd) = lease.fd.as_ref() else {
+            return kill(ctx, lease);
+        };
+        // Main must hold the socket before the slot can be FREE.
+        if let Err(e) = MainLink::connect(&ctx.management_path)
+            .and_then(|l| l.transfer(lease.slot, lease.generation, fd.as_raw_fd()))
+        {
+            log::warn!(
+                "slot {}: cannot hand the backend to main: {e}; closing it",
+                lease.slot
+            );
+            lease.fresh = true;
+            return kill(ctx, lease);
+        }
+    }
+    slot.set_client_key(0, 0);
+    slot.set_last_use(now_secs());
+    slot.set_owner(0);
+    if slot.transition(SlotState::InUse, SlotState::Free) {
+        region.notify_release();
+    } else {
+        // Someone marked it (flush): it must not be reused.
+        let state = slot.state();
+        lease.fresh = false;
+        slot.set_owner(std::process::id() as i32);
+        kill_in_state(ctx, lease, state);
+    }
+}
+
+/// Ends a backend: Terminate, close every copy, slot back to NOTINIT.
+pub fn kill(ctx: &Context, lease: Lease) {
+    let state = ctx.region.slot(lease.slot).state();
+    kill_in_state(ctx, lease, state)
+}
+
+fn kill_in_state(ctx: &Context, lease: Lease, state: SlotState) {
+    if let Some(fd) = lease.fd.as_ref() {
+        let mut buf = Vec::with_capacity(5);
+        pgcorral_wire::messages::terminate(&mut buf);
+        // Best effort: the backend may be gone already.
+        let _ = crate::io::write_all(
+            fd.as_raw_fd(),
+            &buf,
+            Instant::now() + Duration::from_millis(100),
+        );
+        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
+    if !lease.fresh {
+        if let Err(e) = MainLink::connect(&ctx.management_path)
+            .and_then(|l| l.kill(lease.slot, lease.generation))
+        {
+            log::warn!(
+                "slot {}: main did not confirm closing the backend: {e}",
+                lease.slot
+            );
+        }
+    }
+    drop(lease.fd);
+    ctx.region.release_slot(lease.slot, state);
+}

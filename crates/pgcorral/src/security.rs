@@ -1,0 +1,367 @@
+//! Authentication: the client's startup negotiation, HBA, the relay of a new backend's authentication
+//! exchange, and verifying a client that is served by a pooled backend (pgagroal's security.c).
+//!
+//! Without a vault pgcorral knows no secret. A new backend's exchange (trust, password, md5, SCRAM) is
+//! relayed between client and server, and what can be safely replayed is recorded in the slot: that the
+//! backend trusted the user, or a salted SHA-256 of a cleartext password. A later client of the same
+//! user reuses the backend only if it can be verified from that record; an md5 or SCRAM answer is never
+//! replayed, so such clients get a fresh backend.
+
+use crate::io::{self, read_exact, read_message, write_all, IoError, Message};
+use pgcorral_config::HbaMethod;
+use pgcorral_shmem::{AuthMethod, SlotData};
+use pgcorral_wire::messages::{self, tag, Authentication, ErrorFields};
+use pgcorral_wire::{
+    parse_startup, startup_packet_length, StartupMessage, StartupRequest, WireError,
+    MAX_AUTH_MESSAGE_LENGTH,
+};
+use ring::digest;
+use std::os::fd::RawFd;
+use std::time::Instant;
+use thiserror::Error;
+
+/// Why a client could not be let in. Each carries what the client is told.
+#[derive(Debug, Error)]
+pub enum AuthError {
+    /// Send the client this FATAL error and close.
+    #[error("{message}")]
+    Refuse { code: &'static str, message: String },
+    /// The server refused the client: its ErrorResponse was relayed already.
+    #[error("the server refused the login: {0}")]
+    ServerRefused(String),
+    /// The conversation broke off (client gone, timeout): close without a reply.
+    #[error("{0}")]
+    Io(#[from] IoError),
+}
+
+impl AuthError {
+    pub fn refuse(code: &'static str, message: impl Into<String>) -> AuthError {
+        AuthError::Refuse {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Sends a FATAL ErrorResponse (best effort: the client may be gone).
+pub fn send_fatal(fd: RawFd, code: &str, message: &str) {
+    let mut buf = Vec::with_capacity(64 + message.len());
+    messages::error_response(&mut buf, &ErrorFields::fatal(code, message));
+    let _ = write_all(fd, &buf, io::deadline_in(std::time::Duration::from_secs(1)));
+}
+
+/// Reads startup packets until a StartupMessage or CancelRequest: SSLRequest and GSSENCRequest are
+/// answered `N` (no TLS yet, no GSS). A bad packet gets a FATAL and an error is returned.
+pub fn negotiate_startup(fd: RawFd, deadline: Instant) -> Result<StartupRequest, AuthError> {
+    let mut negotiations = 0;
+    loop {
+        let mut len = [0u8; 4];
+        read_exact(fd, &mut len, deadline)?;
+        let len = match startup_packet_length(len) {
+            Ok(l) => l,
+            Err(e) => {
+                return Err(AuthError::refuse(
+                    "08P01",
+                    format!("invalid length of startup packet: {e}"),
+                ))
+            }
+        };
+        let mut body = vec![0u8; len - 4];
+        read_exact(fd, &mut body, deadline)?;
+        match parse_startup(&body) {
+            Ok(StartupRequest::Ssl) | Ok(StartupRequest::GssEnc) => {
+                negotiations += 1;
+                if negotiations > 2 {
+                    return Err(AuthError::refuse(
+                        "08P01",
+                        "too many encryption negotiations",
+                    ));
+                }
+                write_all(fd, b"N", deadline)?;
+            }
+            Ok(other) => return Ok(other),
+            Err(e @ WireError::UnsupportedProtocol { .. }) => {
+                return Err(AuthError::refuse(e.sqlstate(), e.to_string()))
+            }
+            Err(e) => return Err(AuthError::refuse("08P01", e.to_string())),
+        }
+    }
+}
+
+/// Salted SHA-256 of a cleartext password, the only form of it pgcorral keeps.
+pub fn password_digest(salt: &[u8; 16], password: &[u8]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(salt);
+    ctx.update(password);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Which recorded backends a client with this HBA method may reuse (`None`: none; it needs a fresh
+/// backend whose exchange is relayed).
+pub fn reuse_policy(method: HbaMethod) -> Option<fn(&SlotData) -> bool> {
+    match method {
+        // pgcorral trusts the client: any backend of its user and database will do.
+        HbaMethod::Trust => Some(|_| true),
+        // Whatever the server asks: replayable when the server trusted, or asked for a password.
+        HbaMethod::All => Some(|d| matches!(d.auth(), AuthMethod::Trust | AuthMethod::Password)),
+        HbaMethod::Password => Some(|d| d.auth() == AuthMethod::Password),
+        // A challenge-response answer cannot be checked without the secret (vault issue).
+        HbaMethod::Md5 | HbaMethod::ScramSha256 | HbaMethod::Reject => None,
+    }
+}
+
+/// Verifies a client against a pooled backend's record, asking for its password when the backend did.
+pub fn verify_pooled_client(
+    fd: RawFd,
+    method: HbaMethod,
+    record: &SlotData,
+    user: &str,
+    deadline: Instant,
+) -> Result<(), AuthError> {
+    if method == HbaMethod::Trust || record.auth() == AuthMethod::Trust {
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    messages::authentication_cleartext(&mut buf);
+    write_all(fd, &buf, deadline)?;
+    let msg = read_message(fd, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
+    if msg.tag != tag::PASSWORD {
+        return Err(AuthError::refuse(
+            "08P01",
+            format!(
+                "expected a password response, got message type {}",
+                msg.tag as char
+            ),
+        ));
+    }
+    let password = messages::parse_password(&msg.body)
+        .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
+    let digest = password_digest(&record.password_salt, password);
+    if io::constant_time_eq(&digest, &record.password_hash) {
+        Ok(())
+    } else {
+        Err(AuthError::refuse(
+            "28P01",
+            format!("password authentication failed for user \"{user}\""),
+        ))
+    }
+}
+
+/// What a new backend's authentication left behind.
+pub struct BackendLogin {
+    pub method: AuthMethod,
+    pub password_salt: [u8; 16],
+    pub password_hash: [u8; 32],
+    /// ParameterStatus messages as the server sent them.
+    pub params: Vec<u8>,
+    pub backend_key: (i32, i32),
+}
+
+fn method_allowed(hba: HbaMethod, server: &Authentication<'_>) -> bool {
+    match hba {
+        HbaMethod::All | HbaMethod::Trust => true,
+        HbaMethod::Password => matches!(server, Authentication::CleartextPassword),
+        HbaMethod::Md5 => matches!(server, Authentication::Md5Password { .. }),
+        HbaMethod::ScramSha256 => matches!(
+            server,
+            Authentication::Sasl { .. }
+                | Authentication::SaslContinue { .. }
+                | Authentication::SaslFinal { .. }
+        ),
+        HbaMethod::Reject => false,
+    }
+}
+
+/// Sends the startup to a new backend and relays its authentication with the client, up to and including
+/// ReadyForQuery. The client receives pgcorral's BackendKeyData (`client_key`), not the server's.
+pub fn login_backend(
+    client: RawFd,
+    server: RawFd,
+    startup: &StartupMessage,
+    hba: HbaMethod,
+    client_key: (i32, i32),
+    rng: &dyn ring::rand::SecureRandom,
+    deadline: Instant,
+) -> Result<BackendLogin, AuthError> {
+    write_all(server, &startup.encode(), deadline)?;
+    let mut login = BackendLogin {
+        method: AuthMethod::Unknown,
+        password_salt: [0; 16],
+        password_hash: [0; 32],
+        params: Vec::new(),
+        backend_key: (0, 0),
+    };
+    let mut out = Vec::with_capacity(256);
+    // Authentication phase.
+    loop {
+        let msg = read_message(server, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
+        out.clear();
+        match msg.tag {
+            tag::AUTHENTICATION => {
+                let auth = Authentication::parse(&msg.body)
+                    .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
+                if let Authentication::Other { code } = auth {
+                    return Err(AuthError::refuse(
+                        "28000",
+                        format!("the server asked for an authentication method pgcorral does not support (code {code})"),
+                    ));
+                }
+                if !method_allowed(hba, &auth) {
+                    return Err(AuthError::refuse(
+                        "28000",
+                        format!(
+                            "pgcorral_hba.conf requires {} authentication but the server asked for {}; \
+                             use method all, or put the user in the vault when it is supported",
+                            hba_method_name(hba),
+                            auth.method_name()
+                        ),
+                    ));
+                }
+                msg.encode_into(&mut out);
+                write_all(client, &out, deadline)?;
+                match auth {
+                    Authentication::Ok => {
+                        if login.method == AuthMethod::Unknown {
+                            login.method = AuthMethod::Trust;
+                        }
+                        break;
+                    }
+                    Authentication::CleartextPassword => {
+                        login.method = AuthMethod::Password;
+                        let answer = relay_client_answer(client, server, deadline)?;
+                        let password = messages::parse_password(&answer.body)
+                            .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
+                        rng.fill(&mut login.password_salt)
+                            .map_err(|_| AuthError::refuse("58000", "no randomness available"))?;
+                        login.password_hash = password_digest(&login.password_salt, password);
+                    }
+                    Authentication::Md5Password { .. } => {
+                        login.method = AuthMethod::Md5;
+                        relay_client_answer(client, server, deadline)?;
+                    }
+                    Authentication::Sasl { .. } | Authentication::SaslContinue { .. } => {
+                        login.method = AuthMethod::Scram;
+                        relay_client_answer(client, server, deadline)?;
+                    }
+                    Authentication::SaslFinal { .. } | Authentication::Other { .. } => {}
+                }
+            }
+            tag::ERROR_RESPONSE => {
+                let text =
+                    String::from_utf8_lossy(messages::ReceivedError::parse(&msg.body).message)
+                        .into_owned();
+                msg.encode_into(&mut out);
+                let _ = write_all(client, &out, deadline);
+                return Err(AuthError::ServerRefused(text));
+            }
+            tag::NEGOTIATE_PROTOCOL_VERSION | tag::NOTICE_RESPONSE => {
+                msg.encode_into(&mut out);
+                write_all(client, &out, deadline)?;
+            }
+            other => {
+                return Err(AuthError::refuse(
+                    "08P01",
+                    format!(
+                        "unexpected message type {} from the server during authentication",
+                        other as char
+                    ),
+                ))
+            }
+        }
+    }
+    // Start-up phase: parameters, key, ReadyForQuery.
+    loop {
+        let msg = read_message(server, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
+        out.clear();
+        match msg.tag {
+            tag::PARAMETER_STATUS => {
+                msg.encode_into(&mut login.params);
+                msg.encode_into(&mut out);
+            }
+            tag::BACKEND_KEY_DATA => {
+                login.backend_key = messages::parse_backend_key_data(&msg.body)
+                    .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
+                messages::backend_key_data(&mut out, client_key.0, client_key.1);
+            }
+            tag::READY_FOR_QUERY => {
+                msg.encode_into(&mut out);
+                write_all(client, &out, deadline)?;
+                return Ok(login);
+            }
+            tag::ERROR_RESPONSE => {
+                let text =
+                    String::from_utf8_lossy(messages::ReceivedError::parse(&msg.body).message)
+                        .into_owned();
+                msg.encode_into(&mut out);
+                let _ = write_all(client, &out, deadline);
+                return Err(AuthError::ServerRefused(text));
+            }
+            tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => msg.encode_into(&mut out),
+            other => {
+                return Err(AuthError::refuse(
+                    "08P01",
+                    format!(
+                        "unexpected message type {} from the server during start-up",
+                        other as char
+                    ),
+                ))
+            }
+        }
+        write_all(client, &out, deadline)?;
+    }
+}
+
+fn relay_client_answer(
+    client: RawFd,
+    server: RawFd,
+    deadline: Instant,
+) -> Result<Message, AuthError> {
+    let answer = read_message(client, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
+    if answer.tag != tag::PASSWORD {
+        return Err(AuthError::refuse(
+            "08P01",
+            format!(
+                "expected an authentication response, got message type {}",
+                answer.tag as char
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(answer.body.len() + 5);
+    answer.encode_into(&mut out);
+    write_all(server, &out, deadline)?;
+    Ok(answer)
+}
+
+/// The HBA method's name as written in the file.
+pub fn hba_method_name(m: HbaMethod) -> &'static str {
+    match m {
+        HbaMethod::Trust => "trust",
+        HbaMethod::Reject => "reject",
+        HbaMethod::Password => "password",
+        HbaMethod::Md5 => "md5",
+        HbaMethod::ScramSha256 => "scram-sha-256",
+        HbaMethod::All => "all",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_digest_depends_on_salt_and_password() {
+        let a = password_digest(&[1; 16], b"secret");
+        assert_eq!(a, password_digest(&[1; 16], b"secret"));
+        assert_ne!(a, password_digest(&[2; 16], b"secret"));
+        assert_ne!(a, password_digest(&[1; 16], b"secreT"));
+    }
+
+    #[test]
+    fn challenge_response_methods_never_reuse() {
+        assert!(reuse_policy(HbaMethod::Md5).is_none());
+        assert!(reuse_policy(HbaMethod::ScramSha256).is_none());
+        assert!(reuse_policy(HbaMethod::Trust).is_some());
+    }
+}

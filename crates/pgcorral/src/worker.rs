@@ -1,0 +1,518 @@
+//! The worker: one forked process per client (pgagroal's worker.c). It negotiates the startup,
+//! authenticates the client, gets a backend from the pool, runs the pipeline, and returns or closes
+//! the backend before it exits.
+
+use crate::backend;
+use crate::context::Context;
+use crate::io::{self, constant_time_eq, write_all};
+use crate::pipeline::{self, Pipeline};
+use crate::pool::{self, PoolError, PoolKey};
+use crate::security::{self, send_fatal, AuthError};
+use pgcorral_config::{HbaMethod, Pipeline as PipelineKind};
+use pgcorral_shmem::{AuthMethod, SlotData, SlotState};
+use pgcorral_wire::messages;
+use pgcorral_wire::{StartupMessage, StartupRequest};
+use ring::rand::{SecureRandom, SystemRandom};
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Serves one client to the end; returns the process exit code.
+pub fn run(ctx: &Context, client: OwnedFd, peer: Option<IpAddr>) -> i32 {
+    let fd = client.as_raw_fd();
+    if let Err(e) = io::set_nonblocking(&client) {
+        log::warn!("cannot set the client socket non-blocking: {e}");
+        return 1;
+    }
+    let auth_deadline = Instant::now() + ctx.config.main.authentication_timeout;
+    let request = match security::negotiate_startup(fd, auth_deadline) {
+        Ok(r) => r,
+        Err(e) => {
+            report(fd, peer, &e);
+            return 1;
+        }
+    };
+    match request {
+        StartupRequest::Cancel { pid, secret } => {
+            forward_cancel(ctx, pid, secret);
+            0
+        }
+        StartupRequest::Startup(startup) => serve(ctx, fd, peer, startup, auth_deadline),
+        StartupRequest::Ssl | StartupRequest::GssEnc => 1,
+    }
+}
+
+fn host_name(peer: Option<IpAddr>) -> String {
+    match peer {
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        Some(ip) => ip.to_string(),
+        None => "[local]".to_string(),
+    }
+}
+
+fn report(fd: RawFd, peer: Option<IpAddr>, e: &AuthError) {
+    match e {
+        AuthError::Refuse { code, message } => {
+            log::info!("client {}: refused ({code}): {message}", host_name(peer));
+            send_fatal(fd, code, message);
+        }
+        AuthError::ServerRefused(m) => log::info!(
+            "client {}: the server refused the login: {m}",
+            host_name(peer)
+        ),
+        AuthError::Io(e) => log::info!("client {}: startup ended: {e}", host_name(peer)),
+    }
+}
+
+fn refuse(fd: RawFd, peer: Option<IpAddr>, code: &'static str, message: String) -> i32 {
+    report(fd, peer, &AuthError::Refuse { code, message });
+    1
+}
+
+fn serve(
+    ctx: &Context,
+    fd: RawFd,
+    peer: Option<IpAddr>,
+    mut startup: StartupMessage,
+    auth_deadline: Instant,
+) -> i32 {
+    let Some(user) = startup.user().map(str::to_string) else {
+        return refuse(
+            fd,
+            peer,
+            "28000",
+            "no PostgreSQL user name specified in startup packet".into(),
+        );
+    };
+    if let Some(r) = startup.get("replication") {
+        if !matches!(
+            r.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        ) {
+            return refuse(
+                fd,
+                peer,
+                "0A000",
+                "replication connections are not supported by pgcorral".into(),
+            );
+        }
+    }
+    // Protocol 3.x with x > 0 and `_pq_.` options: say what pgcorral speaks, as PostgreSQL does.
+    let unsupported: Vec<String> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if startup.minor > 0 || !unsupported.is_empty() {
+        let names: Vec<&str> = unsupported.iter().map(String::as_str).collect();
+        let mut buf = Vec::new();
+        messages::negotiate_protocol_version(&mut buf, 0, &names);
+        if write_all(fd, &buf, auth_deadline).is_err() {
+            return 1;
+        }
+        startup.params.retain(|(k, _)| !k.starts_with("_pq_."));
+        startup.minor = 0;
+    }
+    let requested_db = startup.database().to_string();
+    let host = host_name(peer);
+    if ctx.region.header().shutting_down.load(Ordering::Acquire) != 0 {
+        return refuse(fd, peer, "57P03", "pgcorral is shutting down".into());
+    }
+    let Some(hba) = ctx.config.find_hba(peer, &requested_db, &user, false) else {
+        return refuse(
+            fd,
+            peer,
+            "28000",
+            format!("no pgcorral_hba.conf entry for host \"{host}\", user \"{user}\", database \"{requested_db}\""),
+        );
+    };
+    let method = hba.method;
+    if method == HbaMethod::Reject {
+        return refuse(
+            fd,
+            peer,
+            "28000",
+            format!("pgcorral_hba.conf rejects connection for host \"{host}\", user \"{user}\", database \"{requested_db}\""),
+        );
+    }
+    let database = ctx.config.resolve_database(&requested_db).to_string();
+    if database != requested_db {
+        startup.set("database", &database);
+    }
+    let options = startup.get("options").unwrap_or("").to_string();
+    let key = PoolKey::new(&user, &database, &options);
+    let rule = ctx.config.find_limit(&database, &user);
+    let policy = security::reuse_policy(method);
+    let reusable: Option<&dyn Fn(&SlotData) -> bool> =
+        policy.as_ref().map(|f| f as &dyn Fn(&SlotData) -> bool);
+    let checkout = match pool::checkout(ctx, &key, rule, reusable, ctx.config.main.blocking_timeout)
+    {
+        Ok(c) => c,
+        Err(PoolError::Full) => {
+            return refuse(fd, peer, "53300", "connection pool is full".into());
+        }
+        Err(PoolError::ShuttingDown) => {
+            return refuse(fd, peer, "57P03", "pgcorral is shutting down".into())
+        }
+        Err(e) => return refuse(fd, peer, "08006", e.to_string()),
+    };
+    let mut lease = checkout.lease;
+    let slot = ctx.region.slot(lease.slot);
+    let rng = SystemRandom::new();
+    let mut secret = [0u8; 4];
+    if rng.fill(&mut secret).is_err() {
+        pool::kill(ctx, lease);
+        return refuse(fd, peer, "58000", "no randomness available".into());
+    }
+    let client_key = (std::process::id() as i32, i32::from_be_bytes(secret));
+    let server_index = if lease.fresh {
+        ctx.config.primary_index()
+    } else {
+        slot.server()
+    };
+    let server = &ctx.config.servers[server_index];
+    let poolable;
+    if lease.fresh {
+        slot.set_server(server_index);
+        slot.with_data_mut(|d| {
+            d.user.set(user.as_bytes());
+            d.database.set(database.as_bytes());
+            d.options.set(options.as_bytes());
+            d.appname
+                .set(startup.get("application_name").unwrap_or("").as_bytes());
+        });
+        let conn = match backend::connect(
+            server,
+            ctx.config.main.nodelay,
+            ctx.config.main.keep_alive,
+            ctx.config.main.authentication_timeout,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                pool::kill(ctx, lease);
+                return refuse(
+                    fd,
+                    peer,
+                    "08006",
+                    format!(
+                        "could not connect to server \"{}\" at {}:{}: {e}",
+                        server.name, server.host, server.port
+                    ),
+                );
+            }
+        };
+        let server_fd = conn.as_raw_fd();
+        lease.fd = Some(conn);
+        let login = match security::login_backend(
+            fd,
+            server_fd,
+            &startup,
+            method,
+            client_key,
+            &rng,
+            auth_deadline,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                report(fd, peer, &e);
+                pool::kill(ctx, lease);
+                return 1;
+            }
+        };
+        let mut recorded = true;
+        slot.with_data_mut(|d| {
+            d.auth_method = login.method as u8;
+            d.password_salt = login.password_salt;
+            d.password_hash = login.password_hash;
+            recorded &= d.startup.set(&encode_params(&startup));
+            recorded &= d.params.set(&login.params);
+        });
+        slot.set_backend_key(login.backend_key.0, login.backend_key.1);
+        slot.set_client_key(client_key.0, client_key.1);
+        if !slot.transition(SlotState::Init, SlotState::InUse) {
+            log::error!("slot {}: state changed under its owner", lease.slot);
+        }
+        // md5 and SCRAM answers are never replayed: such backends serve one client and close.
+        poolable = recorded && matches!(login.method, AuthMethod::Trust | AuthMethod::Password);
+    } else {
+        let record = slot.data();
+        if let Err(e) = security::verify_pooled_client(fd, method, &record, &user, auth_deadline) {
+            report(fd, peer, &e);
+            pool::give_back(ctx, lease);
+            return 1;
+        }
+        let server_fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let setup = setup_sql(&startup, &record);
+        let mut changed = Vec::new();
+        if !setup.is_empty() {
+            match backend::run_setup(server_fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
+                Ok(c) => changed = c,
+                Err(message) => {
+                    pool::give_back(ctx, lease);
+                    return refuse(fd, peer, "22023", message);
+                }
+            }
+        }
+        let mut greeting = Vec::with_capacity(1024);
+        messages::authentication_ok(&mut greeting);
+        for (k, v) in merged_params(record.params.get(), &changed) {
+            messages::parameter_status(&mut greeting, &k, &v);
+        }
+        messages::backend_key_data(&mut greeting, client_key.0, client_key.1);
+        messages::ready_for_query(&mut greeting, b'I');
+        slot.with_data_mut(|d| {
+            d.appname
+                .set(startup.get("application_name").unwrap_or("").as_bytes())
+        });
+        slot.set_client_key(client_key.0, client_key.1);
+        if write_all(fd, &greeting, auth_deadline).is_err() {
+            pool::give_back(ctx, lease);
+            return 1;
+        }
+        poolable = true;
+    }
+    log::debug!(
+        "client {host}: {user}@{database} on slot {} ({}, waited {:?})",
+        lease.slot,
+        if lease.fresh {
+            "new backend"
+        } else {
+            "pooled backend"
+        },
+        checkout.waited
+    );
+    ctx.region
+        .header()
+        .clients_served
+        .fetch_add(1, Ordering::Relaxed);
+
+    let server_fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    let mut pipe: Box<dyn Pipeline> = match ctx.config.main.pipeline {
+        PipelineKind::Session => Box::new(pipeline::Session::default()),
+        PipelineKind::Auto | PipelineKind::Performance => Box::new(pipeline::Performance),
+    };
+    let outcome = pipeline::relay(fd, server_fd, slot, pipe.as_mut());
+    let (end, tracker) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            log::warn!("relay failed: {e}");
+            pool::kill(ctx, lease);
+            return 1;
+        }
+    };
+    log::debug!(
+        "{} session on slot {} ended: {:?}",
+        pipe.name(),
+        lease.slot,
+        end
+    );
+    if poolable
+        && end.backend_usable()
+        && backend::clean(
+            server_fd,
+            server,
+            slot.backend_key(),
+            end,
+            tracker,
+            &ctx.config.main.server_reset_query,
+        )
+    {
+        pool::give_back(ctx, lease);
+    } else {
+        pool::kill(ctx, lease);
+    }
+    0
+}
+
+/// Startup parameters worth recording for a backend (what SET can change later).
+fn encode_params(startup: &StartupMessage) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in &startup.params {
+        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+            continue;
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn decode_params(bytes: &[u8]) -> Vec<(&str, &str)> {
+    let mut parts = bytes
+        .split(|&b| b == 0)
+        .map(|p| std::str::from_utf8(p).unwrap_or(""));
+    let mut out = Vec::new();
+    while let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+        if k.is_empty() {
+            break;
+        }
+        out.push((k, v));
+    }
+    out
+}
+
+fn quote_literal(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn quote_ident(v: &str) -> String {
+    format!("\"{}\"", v.replace('"', "\"\""))
+}
+
+/// SET statements that make a pooled backend (opened with `record`'s startup parameters) match the new
+/// client's startup parameters.
+fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
+    let old = decode_params(record.startup.get());
+    let mut sql = String::new();
+    for (k, v) in &startup.params {
+        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+            continue;
+        }
+        if old.iter().any(|(ok, ov)| ok == k && ov == v) {
+            continue;
+        }
+        sql.push_str(&format!("SET {} TO {};", quote_ident(k), quote_literal(v)));
+    }
+    // A client that sent no application_name must not inherit the previous one.
+    if startup.get("application_name").is_none()
+        && old
+            .iter()
+            .any(|(k, v)| *k == "application_name" && !v.is_empty())
+    {
+        sql.push_str("SET application_name TO '';");
+    }
+    sql
+}
+
+/// The recorded ParameterStatus values with the changes applied.
+fn merged_params(recorded: &[u8], changed: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut cur = recorded;
+    while cur.len() >= 5 {
+        let len = u32::from_be_bytes([cur[1], cur[2], cur[3], cur[4]]) as usize;
+        if len < 4 || cur.len() < len + 1 {
+            break;
+        }
+        if cur[0] == messages::tag::PARAMETER_STATUS {
+            if let Ok((k, v)) = messages::parse_parameter_status(&cur[5..len + 1]) {
+                out.push((
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                ));
+            }
+        }
+        cur = &cur[len + 1..];
+    }
+    for (k, v) in changed {
+        match out.iter_mut().find(|(ok, _)| ok == k) {
+            Some(e) => e.1 = v.clone(),
+            None => out.push((k.clone(), v.clone())),
+        }
+    }
+    out
+}
+
+/// Forwards a CancelRequest to the backend now serving the client that holds this key; a key that
+/// matches no client is dropped, as PostgreSQL does.
+fn forward_cancel(ctx: &Context, pid: i32, secret: i32) {
+    for (i, slot) in ctx.region.slots() {
+        if slot.state() != SlotState::InUse {
+            continue;
+        }
+        let (cpid, csecret) = slot.client_key();
+        if cpid != pid || !constant_time_eq(&csecret.to_be_bytes(), &secret.to_be_bytes()) {
+            continue;
+        }
+        let backend_key = slot.backend_key();
+        let server = &ctx.config.servers[slot.server().min(ctx.config.servers.len() - 1)];
+        // The slot may have changed hands while we read it: only cancel if it still serves that client.
+        if slot.client_key() != (cpid, csecret) {
+            break;
+        }
+        log::debug!("forwarding a cancel request to the backend of slot {i}");
+        if let Err(e) = backend::cancel(server, backend_key) {
+            log::warn!(
+                "cannot forward a cancel request to server \"{}\": {e}",
+                server.name
+            );
+        }
+        return;
+    }
+    log::debug!("cancel request for an unknown key dropped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(params: &[(&str, &str)]) -> StartupMessage {
+        StartupMessage {
+            major: 3,
+            minor: 0,
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn record_for(s: &StartupMessage) -> SlotData {
+        let mut d = SlotData::default();
+        d.startup.set(&encode_params(s));
+        d
+    }
+
+    #[test]
+    fn setup_sets_only_what_differs() {
+        let first = startup(&[
+            ("user", "u"),
+            ("application_name", "a"),
+            ("client_encoding", "UTF8"),
+        ]);
+        let rec = record_for(&first);
+        assert_eq!(setup_sql(&first, &rec), "");
+        let second = startup(&[
+            ("user", "u"),
+            ("application_name", "b'x"),
+            ("client_encoding", "UTF8"),
+        ]);
+        assert_eq!(
+            setup_sql(&second, &rec),
+            "SET \"application_name\" TO 'b''x';"
+        );
+        let third = startup(&[("user", "u")]);
+        assert_eq!(setup_sql(&third, &rec), "SET application_name TO '';");
+    }
+
+    #[test]
+    fn merged_params_apply_changes() {
+        let mut raw = Vec::new();
+        messages::parameter_status(&mut raw, "application_name", "a");
+        messages::parameter_status(&mut raw, "TimeZone", "UTC");
+        let merged = merged_params(&raw, &[("application_name".into(), "b".into())]);
+        assert_eq!(
+            merged,
+            vec![
+                ("application_name".into(), "b".into()),
+                ("TimeZone".into(), "UTC".into())
+            ]
+        );
+        assert!(merged_params(&raw[..7], &[]).is_empty());
+    }
+
+    #[test]
+    fn unix_clients_are_local() {
+        assert_eq!(host_name(None), "[local]");
+        assert_eq!(
+            host_name(Some("::ffff:127.0.0.1".parse().unwrap())),
+            "127.0.0.1"
+        );
+    }
+}
