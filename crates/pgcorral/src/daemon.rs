@@ -246,6 +246,26 @@ impl Daemon {
         }
     }
 
+    /// Runs a slow job in a short-lived child so the loop never blocks on it (pgagroal does the same).
+    fn run_in_child(&mut self, what: &str, job: impl FnOnce(&Context)) {
+        // SAFETY: as in spawn_worker: single-threaded main; the child runs the job and exits.
+        match unsafe { nix::unistd::fork() } {
+            Ok(ForkResult::Child) => {
+                for fd in self.main_only_fds() {
+                    // SAFETY: main's fds, never used by the child.
+                    unsafe { libc::close(fd) };
+                }
+                signals::install_worker();
+                job(&self.ctx);
+                std::process::exit(0);
+            }
+            Ok(ForkResult::Parent { child }) => {
+                self.workers.insert(child.as_raw());
+            }
+            Err(e) => log::warn!("cannot fork for {what}: {e}"),
+        }
+    }
+
     fn reap(&mut self, block: bool) {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
@@ -280,10 +300,9 @@ impl Daemon {
     /// and the slot freed; its place in the wait queue is dropped.
     fn child_gone(&mut self, pid: i32) {
         self.workers.remove(&pid);
-        let region = &self.ctx.region;
-        region.clear_waiters_of(pid);
-        for i in 0..region.capacity() {
-            let slot = region.slot(i);
+        self.ctx.region.clear_waiters_of(pid);
+        for i in 0..self.ctx.region.capacity() {
+            let slot = self.ctx.region.slot(i);
             if slot.owner() != pid {
                 continue;
             }
@@ -291,13 +310,24 @@ impl Daemon {
             if matches!(state, SlotState::Free | SlotState::NotInit) {
                 continue;
             }
+            // The backend may be running the dead worker's query: cancel it so it notices the client
+            // is gone now, not when the query ends.
+            let (backend_pid, secret) = slot.backend_key();
+            let server_index = slot.server();
+            if backend_pid != 0 {
+                self.run_in_child("cancel", move |ctx| {
+                    let server = &ctx.config.servers[server_index.min(ctx.config.servers.len() - 1)];
+                    let _ = crate::backend::cancel(server, (backend_pid, secret));
+                });
+            }
+            let slot = self.ctx.region.slot(i);
             if let Some((fd, generation)) = self.ctx.main_fds[i] {
                 if generation == slot.generation() {
                     terminate_fd(fd);
                     self.ctx.main_fds[i] = None;
                 }
             }
-            if region.release_slot(i, state) {
+            if self.ctx.region.release_slot(i, state) {
                 log::warn!("slot {i}: reclaimed from worker {pid}, which ended while holding it");
             }
         }
