@@ -5,13 +5,24 @@ use thiserror::Error;
 pub enum WireError {
     /// A declared length is below the protocol minimum.
     #[error("invalid length {len} in {what}: at least {min} bytes required")]
-    LengthTooSmall { what: &'static str, len: usize, min: usize },
+    LengthTooSmall {
+        what: &'static str,
+        len: usize,
+        min: usize,
+    },
     /// A declared length exceeds what pgcorral accepts.
     #[error("invalid length {len} in {what}: at most {max} bytes accepted")]
-    LengthTooLarge { what: &'static str, len: usize, max: usize },
+    LengthTooLarge {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// The message body does not have the layout its type requires.
     #[error("invalid {what}: {reason}")]
-    Malformed { what: &'static str, reason: &'static str },
+    Malformed {
+        what: &'static str,
+        reason: &'static str,
+    },
     /// A protocol version pgcorral does not speak.
     #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
     UnsupportedProtocol { major: u16, minor: u16 },

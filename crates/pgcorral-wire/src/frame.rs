@@ -16,10 +16,18 @@ pub const PEEK_CAPACITY: usize = 64;
 pub enum FrameEvent<'a> {
     /// A message header is complete. `offset` is the position of its tag byte in the chunk being fed,
     /// or `None` when the header began in an earlier chunk.
-    Start { tag: u8, len: usize, offset: Option<usize> },
+    Start {
+        tag: u8,
+        len: usize,
+        offset: Option<usize>,
+    },
     /// A message is complete. `prefix` holds up to [`PEEK_CAPACITY`] bytes of its body when its tag is
     /// peeked (empty otherwise); `end` is the position just past the message in the chunk being fed.
-    End { tag: u8, prefix: &'a [u8], end: usize },
+    End {
+        tag: u8,
+        prefix: &'a [u8],
+        end: usize,
+    },
 }
 
 /// Tracks message boundaries of one direction of a connection.
@@ -93,7 +101,11 @@ impl FrameTracker {
                     0
                 };
                 let offset = started_here.take();
-                if !on(FrameEvent::Start { tag: header.tag, len: header.len, offset }) {
+                if !on(FrameEvent::Start {
+                    tag: header.tag,
+                    len: header.len,
+                    offset,
+                }) {
                     if self.body_left == 0 {
                         self.header_have = 0;
                     }
@@ -101,7 +113,11 @@ impl FrameTracker {
                 }
                 if self.body_left == 0 {
                     self.header_have = 0;
-                    if !on(FrameEvent::End { tag: self.tag, prefix: &[], end: i }) {
+                    if !on(FrameEvent::End {
+                        tag: self.tag,
+                        prefix: &[],
+                        end: i,
+                    }) {
                         return Ok(i);
                     }
                 }
@@ -117,7 +133,11 @@ impl FrameTracker {
                 if self.body_left == 0 {
                     self.header_have = 0;
                     let prefix = &self.peek[..self.peek_have];
-                    if !on(FrameEvent::End { tag: self.tag, prefix, end: i }) {
+                    if !on(FrameEvent::End {
+                        tag: self.tag,
+                        prefix,
+                        end: i,
+                    }) {
                         return Ok(i);
                     }
                 }
@@ -132,16 +152,13 @@ mod tests {
     use super::*;
     use crate::messages;
 
-    #[derive(Debug, PartialEq, Eq)]
-    enum Seen {
-        Start(u8, usize, Option<usize>),
-        End(u8, Vec<u8>, usize),
-    }
-
     fn stream() -> Vec<u8> {
         let mut buf = Vec::new();
         messages::query(&mut buf, "SELECT 'ZZZ', E'\\x00'");
-        messages::error_response(&mut buf, &messages::ErrorFields::fatal("57P01", "terminating"));
+        messages::error_response(
+            &mut buf,
+            &messages::ErrorFields::fatal("57P01", "terminating"),
+        );
         messages::ready_for_query(&mut buf, b'I');
         // A DataRow whose body is every byte value, including bytes that look like tags.
         buf.push(b'D');
@@ -238,7 +255,9 @@ mod tests {
         messages::terminate(&mut buf);
         let mut t = FrameTracker::new(1 << 20, b"");
         let consumed = t
-            .feed(&buf, |ev| !matches!(ev, FrameEvent::Start { tag: b'X', .. }))
+            .feed(&buf, |ev| {
+                !matches!(ev, FrameEvent::Start { tag: b'X', .. })
+            })
             .unwrap();
         assert_eq!(consumed, q_len + 5);
     }

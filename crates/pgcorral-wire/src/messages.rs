@@ -35,10 +35,18 @@ impl Header {
     pub fn parse(bytes: [u8; 5], max: usize) -> Result<Header, WireError> {
         let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
         if len < 4 {
-            return Err(WireError::LengthTooSmall { what: "message", len, min: 4 });
+            return Err(WireError::LengthTooSmall {
+                what: "message",
+                len,
+                min: 4,
+            });
         }
         if len > max {
-            return Err(WireError::LengthTooLarge { what: "message", len, max });
+            return Err(WireError::LengthTooLarge {
+                what: "message",
+                len,
+                max,
+            });
         }
         Ok(Header { tag: bytes[0], len })
     }
@@ -80,11 +88,23 @@ pub struct ErrorFields<'a> {
 impl<'a> ErrorFields<'a> {
     /// A FATAL error with a code and message.
     pub fn fatal(code: &'a str, message: &'a str) -> Self {
-        ErrorFields { severity: "FATAL", code, message, detail: None, hint: None }
+        ErrorFields {
+            severity: "FATAL",
+            code,
+            message,
+            detail: None,
+            hint: None,
+        }
     }
     /// An ERROR (the session goes on).
     pub fn error(code: &'a str, message: &'a str) -> Self {
-        ErrorFields { severity: "ERROR", code, message, detail: None, hint: None }
+        ErrorFields {
+            severity: "ERROR",
+            code,
+            message,
+            detail: None,
+            hint: None,
+        }
     }
 }
 
@@ -205,16 +225,25 @@ pub fn cancel_request(pid: i32, secret: i32) -> [u8; 16] {
 
 fn take_i32<'a>(body: &'a [u8], what: &'static str) -> Result<(i32, &'a [u8]), WireError> {
     if body.len() < 4 {
-        return Err(WireError::Malformed { what, reason: "too short" });
+        return Err(WireError::Malformed {
+            what,
+            reason: "too short",
+        });
     }
-    Ok((i32::from_be_bytes([body[0], body[1], body[2], body[3]]), &body[4..]))
+    Ok((
+        i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+        &body[4..],
+    ))
 }
 
 fn take_cstr<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), WireError> {
     let nul = body
         .iter()
         .position(|&b| b == 0)
-        .ok_or(WireError::Malformed { what, reason: "string is not terminated" })?;
+        .ok_or(WireError::Malformed {
+            what,
+            reason: "string is not terminated",
+        })?;
     Ok((&body[..nul], &body[nul + 1..]))
 }
 
@@ -223,12 +252,22 @@ fn take_cstr<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u
 pub enum Authentication<'a> {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: &'a [u8] },
-    SaslContinue { data: &'a [u8] },
-    SaslFinal { data: &'a [u8] },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: &'a [u8],
+    },
+    SaslContinue {
+        data: &'a [u8],
+    },
+    SaslFinal {
+        data: &'a [u8],
+    },
     /// Kerberos, GSS, SSPI and anything newer: pgcorral relays or refuses them by code.
-    Other { code: i32 },
+    Other {
+        code: i32,
+    },
 }
 
 impl<'a> Authentication<'a> {
@@ -241,9 +280,14 @@ impl<'a> Authentication<'a> {
             3 => Authentication::CleartextPassword,
             5 => {
                 if rest.len() < 4 {
-                    return Err(WireError::Malformed { what: WHAT, reason: "MD5 salt missing" });
+                    return Err(WireError::Malformed {
+                        what: WHAT,
+                        reason: "MD5 salt missing",
+                    });
                 }
-                Authentication::Md5Password { salt: [rest[0], rest[1], rest[2], rest[3]] }
+                Authentication::Md5Password {
+                    salt: [rest[0], rest[1], rest[2], rest[3]],
+                }
             }
             10 => Authentication::Sasl { mechanisms: rest },
             11 => Authentication::SaslContinue { data: rest },
@@ -305,7 +349,9 @@ impl<'a> ReceivedError<'a> {
             if field == 0 {
                 break;
             }
-            let Ok((value, after)) = take_cstr(rest, "error field") else { break };
+            let Ok((value, after)) = take_cstr(rest, "error field") else {
+                break;
+            };
             match field {
                 b'S' => out.severity = value,
                 b'V' => out.severity = value,
@@ -337,7 +383,10 @@ mod tests {
     #[test]
     fn error_response_round_trip() {
         let mut buf = Vec::new();
-        error_response(&mut buf, &ErrorFields::fatal("53300", "connection pool is full"));
+        error_response(
+            &mut buf,
+            &ErrorFields::fatal("53300", "connection pool is full"),
+        );
         assert_eq!(buf[0], b'E');
         let e = ReceivedError::parse(body(&buf));
         assert_eq!(e.code, b"53300");
@@ -355,7 +404,10 @@ mod tests {
         );
         buf.clear();
         authentication_ok(&mut buf);
-        assert_eq!(Authentication::parse(body(&buf)).unwrap(), Authentication::Ok);
+        assert_eq!(
+            Authentication::parse(body(&buf)).unwrap(),
+            Authentication::Ok
+        );
         assert!(Authentication::parse(&[0, 0]).is_err());
         assert!(Authentication::parse(&[0, 0, 0, 5, 1]).is_err());
     }
@@ -391,7 +443,10 @@ mod tests {
     #[test]
     fn truncated_error_keeps_complete_fields() {
         let mut buf = Vec::new();
-        error_response(&mut buf, &ErrorFields::error("57014", "canceling statement due to user request"));
+        error_response(
+            &mut buf,
+            &ErrorFields::error("57014", "canceling statement due to user request"),
+        );
         let e = ReceivedError::parse(&body(&buf)[..20]);
         assert_eq!(e.severity, b"ERROR");
         assert!(!e.is_fatal());

@@ -39,6 +39,9 @@ mod tests {
         // Vectors computed with Python's hashlib: 'md5' + md5(b'secretalice'), then salted with 01 02 03 04.
         let stored = md5_password_hash("alice", "secret");
         assert_eq!(stored, "md54a0a68b43b6cd5cf266fa02f196e2371");
-        assert_eq!(md5_salted(&stored, [1, 2, 3, 4]), "md598a0412b9c31436fc53776e863350083");
+        assert_eq!(
+            md5_salted(&stored, [1, 2, 3, 4]),
+            "md598a0412b9c31436fc53776e863350083"
+        );
     }
 }

@@ -33,7 +33,10 @@ pub struct StartupMessage {
 impl StartupMessage {
     /// The value of a parameter, if the client sent it.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The user name (required by the protocol; `None` when the client left it out).
@@ -79,7 +82,11 @@ impl StartupMessage {
 pub fn startup_packet_length(len: [u8; 4]) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(len) as usize;
     if len < 8 {
-        return Err(WireError::LengthTooSmall { what: "startup packet", len, min: 8 });
+        return Err(WireError::LengthTooSmall {
+            what: "startup packet",
+            len,
+            min: 8,
+        });
     }
     if len > MAX_STARTUP_PACKET_LENGTH {
         return Err(WireError::LengthTooLarge {
@@ -92,10 +99,13 @@ pub fn startup_packet_length(len: [u8; 4]) -> Result<usize, WireError> {
 }
 
 fn read_cstr<'a>(buf: &'a [u8], what: &'static str) -> Result<(&'a str, &'a [u8]), WireError> {
-    let nul = buf.iter().position(|&b| b == 0).ok_or(WireError::Malformed {
-        what,
-        reason: "string is not terminated",
-    })?;
+    let nul = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or(WireError::Malformed {
+            what,
+            reason: "string is not terminated",
+        })?;
     let s = std::str::from_utf8(&buf[..nul]).map_err(|_| WireError::Malformed {
         what,
         reason: "string is not valid UTF-8",
@@ -107,7 +117,11 @@ fn read_cstr<'a>(buf: &'a [u8], what: &'static str) -> Result<(&'a str, &'a [u8]
 pub fn parse_startup(body: &[u8]) -> Result<StartupRequest, WireError> {
     const WHAT: &str = "startup packet";
     if body.len() < 4 {
-        return Err(WireError::LengthTooSmall { what: WHAT, len: body.len() + 4, min: 8 });
+        return Err(WireError::LengthTooSmall {
+            what: WHAT,
+            len: body.len() + 4,
+            min: 8,
+        });
     }
     let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
     let rest = &body[4..];
@@ -160,7 +174,11 @@ pub fn parse_startup(body: &[u8]) -> Result<StartupRequest, WireError> {
                 params.push((name.to_string(), value.to_string()));
                 cur = after_value;
             }
-            Ok(StartupRequest::Startup(StartupMessage { major, minor, params }))
+            Ok(StartupRequest::Startup(StartupMessage {
+                major,
+                minor,
+                params,
+            }))
         }
     }
 }
@@ -178,16 +196,29 @@ mod tests {
         let msg = StartupMessage {
             major: 3,
             minor: 0,
-            params: vec![("user".into(), "alice".into()), ("database".into(), "db".into())],
+            params: vec![
+                ("user".into(), "alice".into()),
+                ("database".into(), "db".into()),
+            ],
         };
         let bytes = msg.encode();
-        assert_eq!(startup_packet_length(bytes[..4].try_into().unwrap()).unwrap(), bytes.len());
-        assert_eq!(parse_startup(body_of(&bytes)).unwrap(), StartupRequest::Startup(msg));
+        assert_eq!(
+            startup_packet_length(bytes[..4].try_into().unwrap()).unwrap(),
+            bytes.len()
+        );
+        assert_eq!(
+            parse_startup(body_of(&bytes)).unwrap(),
+            StartupRequest::Startup(msg)
+        );
     }
 
     #[test]
     fn database_defaults_to_user() {
-        let msg = StartupMessage { major: 3, minor: 0, params: vec![("user".into(), "bob".into())] };
+        let msg = StartupMessage {
+            major: 3,
+            minor: 0,
+            params: vec![("user".into(), "bob".into())],
+        };
         assert_eq!(msg.database(), "bob");
     }
 
@@ -200,12 +231,21 @@ mod tests {
 
     #[test]
     fn special_codes() {
-        assert_eq!(parse_startup(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(), StartupRequest::Ssl);
-        assert_eq!(parse_startup(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(), StartupRequest::GssEnc);
+        assert_eq!(
+            parse_startup(&SSL_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupRequest::Ssl
+        );
+        assert_eq!(
+            parse_startup(&GSSENC_REQUEST_CODE.to_be_bytes()).unwrap(),
+            StartupRequest::GssEnc
+        );
         let mut c = CANCEL_REQUEST_CODE.to_be_bytes().to_vec();
         c.extend_from_slice(&7i32.to_be_bytes());
         c.extend_from_slice(&(-9i32).to_be_bytes());
-        assert_eq!(parse_startup(&c).unwrap(), StartupRequest::Cancel { pid: 7, secret: -9 });
+        assert_eq!(
+            parse_startup(&c).unwrap(),
+            StartupRequest::Cancel { pid: 7, secret: -9 }
+        );
         assert!(parse_startup(&c[..8]).is_err());
     }
 

@@ -316,7 +316,8 @@ impl Daemon {
             let server_index = slot.server();
             if backend_pid != 0 {
                 self.run_in_child("cancel", move |ctx| {
-                    let server = &ctx.config.servers[server_index.min(ctx.config.servers.len() - 1)];
+                    let server =
+                        &ctx.config.servers[server_index.min(ctx.config.servers.len() - 1)];
                     let _ = crate::backend::cancel(server, (backend_pid, secret));
                 });
             }

@@ -228,12 +228,14 @@ fn evict_idle(
 ) -> bool {
     let region = &ctx.region;
     let global_full = region.active() >= ctx.config.main.max_connections;
+    // Closing another rule's backend only helps when this client's own rule still has room.
+    let rule_has_room = rule.is_none_or(|r| region.rule_count(r) < ctx.config.limits[r].max_size);
     for (i, slot) in region.slots() {
         if slot.state() != SlotState::Free {
             continue;
         }
         let same_rule = rule.is_some() && slot.rule() == rule;
-        if !global_full && !same_rule {
+        if !(same_rule || (global_full && rule_has_room)) {
             continue;
         }
         let usable = slot.pool_key() == key.hash

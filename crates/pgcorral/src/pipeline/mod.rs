@@ -410,11 +410,7 @@ pub fn note_server_message(end: &mut SessionEnd, t: u8, prefix: &[u8], fatal: &m
             }
         }
         tag::COPY_IN_RESPONSE => end.copy_in = true,
-        tag::ERROR_RESPONSE => {
-            if ReceivedError::parse(prefix).is_fatal() {
-                *fatal = true;
-            }
-        }
+        tag::ERROR_RESPONSE if ReceivedError::parse(prefix).is_fatal() => *fatal = true,
         _ => {}
     }
 }

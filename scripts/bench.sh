@@ -1,0 +1,555 @@
+#!/usr/bin/env bash
+# pgcorral's benchmark: read-only pgbench (-S) straight to PostgreSQL 15, through pgcorral
+# (performance pipeline) and through PgBouncer (session mode), on one machine, interleaved.
+#
+#   scripts/bench.sh            full run (DURATION=15 s per pgbench run, ROUNDS=2)
+#   scripts/bench.sh --quick    smoke run (DURATION=3, ROUNDS=1): checks the script, not the numbers
+#
+# It builds pgcorral (release), installs PgBouncer from Debian if it is missing, starts a private
+# PostgreSQL 15 cluster, pgcorral and PgBouncer on free loopback ports in a temporary directory,
+# runs every scenario against the three targets, measures the private memory of pgcorral's
+# workers under load, prints a Markdown report and writes it to $OUT. Everything it started is
+# stopped on exit, by PID. On failure the temporary directory (all logs) is kept and named.
+#
+# Scenarios (pgbench -S -n -j $JOBS -T $DURATION, user and database "bench", over TCP):
+#   simple-<c>     -M simple   for each c in $CLIENTS
+#   extended-<c>   -M extended for each c in $CLIENTS
+#   connect-<c>    -M simple -C (a new connection per transaction) for each c in $CONNECT_CLIENTS
+# Order: for each round, for each scenario: direct, pgcorral, pgbouncer. The table shows the
+# median over the rounds (the mean of the two middle values for an even number of rounds).
+#
+# Environment:
+#   DURATION         seconds per pgbench run (default 15; --quick: 3)
+#   ROUNDS           times the whole set of scenarios is run (default 2; --quick: 1)
+#   CLIENTS          client counts of the simple/extended scenarios (default "10 50")
+#   CONNECT_CLIENTS  client counts of the -C scenario (default "10"; "" to skip it)
+#   JOBS             pgbench threads, -j (default 2)
+#   SCALE            pgbench -i scale (default 10)
+#   MEM_CLIENTS      clients of the memory-measurement run (default 10)
+#   OUT              report file (default target/bench/results.md; relative to the current dir)
+#   PG_BIN           PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)
+#   PGCORRAL_BIN     use this pgcorral binary instead of building target/release/pgcorral
+#   KEEP_TMP=1       keep the temporary directory even on success
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PROG=scripts/bench.sh
+
+die() {
+    echo "$PROG: error: $*" >&2
+    exit 1
+}
+say() { echo "$PROG: $*" >&2; }
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+QUICK=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --quick) QUICK=1 ;;
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *) die "unknown argument '$1' (try --help)" ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" -eq 1 ]; then
+    DURATION=3
+    ROUNDS=1
+fi
+DURATION=${DURATION:-15}
+ROUNDS=${ROUNDS:-2}
+CLIENTS=${CLIENTS-10 50}
+CONNECT_CLIENTS=${CONNECT_CLIENTS-10}
+JOBS=${JOBS:-2}
+SCALE=${SCALE:-10}
+MEM_CLIENTS=${MEM_CLIENTS:-10}
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+KEEP_TMP=${KEEP_TMP:-0}
+if [ -n "${OUT:-}" ]; then
+    case "$OUT" in /*) ;; *) OUT=$PWD/$OUT ;; esac
+else
+    OUT=$ROOT/target/bench/results.md
+fi
+
+is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
+for knob in DURATION ROUNDS JOBS SCALE MEM_CLIENTS; do
+    is_uint "${!knob}" || die "$knob must be a positive integer, not '${!knob}'"
+done
+for c in $CLIENTS $CONNECT_CLIENTS $MEM_CLIENTS; do
+    is_uint "$c" || die "client counts must be positive integers, not '$c'"
+    [ "$c" -ge "$JOBS" ] || die "every client count must be >= JOBS ($JOBS): pgbench needs -c >= -j"
+done
+# Both poolers get 60 server connections (pgcorral's limit, PgBouncer's default_pool_size): more
+# clients would queue, and pgcorral fails the extra ones after blocking_timeout.
+POOL_SIZE=60
+for c in $CLIENTS $CONNECT_CLIENTS $MEM_CLIENTS; do
+    [ "$c" -le "$POOL_SIZE" ] || die "client count $c is above the poolers' $POOL_SIZE server connections"
+done
+[ -n "$CLIENTS$CONNECT_CLIENTS" ] || die "CLIENTS and CONNECT_CLIENTS are both empty: nothing to run"
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+[ "$(uname -s)" = Linux ] || die "Linux only (/proc is read for the memory figures)"
+command -v cargo >/dev/null 2>&1 || [ -n "${PGCORRAL_BIN:-}" ] ||
+    die "cargo not found: install Rust (https://rustup.rs), or set PGCORRAL_BIN"
+for tool in initdb pg_ctl postgres; do
+    [ -x "$PG_BIN/$tool" ] || die "$PG_BIN/$tool missing: apt-get install postgresql-15 (or set PG_BIN)"
+done
+"$PG_BIN/postgres" --version | grep -q ' 15\.' ||
+    die "$PG_BIN/postgres is not PostgreSQL 15: $("$PG_BIN/postgres" --version)"
+export PATH="$PATH:$PG_BIN"
+for tool in psql pgbench; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found: apt-get install postgresql-client-15"
+done
+pgbench_major=$(pgbench --version | sed -n 's/.* \([0-9][0-9]*\)\.[0-9].*/\1/p')
+[ -n "$pgbench_major" ] && [ "$pgbench_major" -ge 15 ] ||
+    die "pgbench 15 or newer needed (for 'number of failed transactions'): $(pgbench --version)"
+for tool in runuser pgrep awk sort; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (util-linux / procps / coreutils)"
+done
+if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs the OS user postgres (apt-get install postgresql-15 creates it)"
+    AS_PG=(runuser -u postgres --)
+else
+    AS_PG=()
+fi
+as_pg() { "${AS_PG[@]}" "$@"; }
+
+if ! command -v pgbouncer >/dev/null 2>&1; then
+    [ "$(id -u)" -eq 0 ] || die "pgbouncer not found and not root: apt-get install pgbouncer"
+    command -v apt-get >/dev/null 2>&1 || die "pgbouncer not found and no apt-get to install it"
+    say "pgbouncer missing: apt-get update && apt-get install -y pgbouncer"
+    apt_log=$(mktemp /tmp/pgcorral-bench-apt.XXXXXX)
+    if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer; } >"$apt_log" 2>&1; then
+        tail -n 30 "$apt_log" >&2
+        die "installing pgbouncer failed (full log: $apt_log)"
+    fi
+    rm -f "$apt_log"
+    command -v pgbouncer >/dev/null 2>&1 || die "pgbouncer still not on PATH after apt-get install"
+fi
+
+if [ -n "${PGCORRAL_BIN:-}" ]; then
+    BIN=$PGCORRAL_BIN
+    say "using $BIN (PGCORRAL_BIN; no build)"
+else
+    say "cargo build --release -p pgcorral"
+    (cd "$ROOT" && cargo build --release -p pgcorral) || die "cargo build --release -p pgcorral failed"
+    BIN=$ROOT/target/release/pgcorral
+fi
+[ -x "$BIN" ] || die "$BIN is not an executable"
+
+# ---------------------------------------------------------------------------------------------
+# Processes and cleanup
+# ---------------------------------------------------------------------------------------------
+WORK=
+PG_DATA=
+PGCORRAL_PID=
+PGBOUNCER_PID=
+BENCH_PID=
+SUCCESS=0
+
+# Waits up to $2 tenths of a second for pid $1 to go; 0 when it is gone.
+wait_gone() {
+    local i
+    for ((i = 0; i < $2; i++)); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    ! kill -0 "$1" 2>/dev/null
+}
+
+# TERM, then KILL after 10 s, pid $1 if its command line still contains $2 (a recycled PID is left).
+stop_pid() {
+    local pid=$1 name=$2
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$name" || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    wait_gone "$pid" 100 || {
+        say "$name (pid $pid) did not stop within 10 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "$pid" 50 || true
+    }
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM ERR
+    set +e
+    [ -n "$BENCH_PID" ] && stop_pid "$BENCH_PID" pgbench
+    if [ -n "$PGCORRAL_PID" ]; then
+        local workers
+        workers=$(pgrep -P "$PGCORRAL_PID" 2>/dev/null)
+        stop_pid "$PGCORRAL_PID" pgcorral
+        # Workers outlive main only if it was killed: end them too, by PID.
+        for w in $workers; do stop_pid "$w" pgcorral; done
+    fi
+    [ -n "$PGBOUNCER_PID" ] && stop_pid "$PGBOUNCER_PID" pgbouncer
+    if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+        local pm
+        pm=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null)
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 30 stop >/dev/null 2>&1 ||
+            as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w -t 30 stop >/dev/null 2>&1
+        [ -n "$pm" ] && stop_pid "$pm" postgres
+    fi
+    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
+        if [ "$SUCCESS" -eq 1 ] && [ "$KEEP_TMP" != 1 ]; then
+            rm -rf "$WORK"
+        else
+            say "logs kept in $WORK:"
+            say "  PostgreSQL: $WORK/postgres.log   pgcorral: $WORK/pgcorral.log"
+            say "  PgBouncer:  $WORK/pgbouncer/pgbouncer.log   pgbench: $WORK/runs/*.log"
+        fi
+    fi
+    [ "$rc" -ne 0 ] && say "FAILED (exit $rc)"
+    exit "$rc"
+}
+trap cleanup EXIT
+set -E
+trap 'say "unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# A loopback port nothing listens on and that this script has not handed out yet, below the
+# kernel's ephemeral range (an outgoing connection's local port there makes bind() fail).
+TAKEN=" "
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "${EPHEMERAL_LOW:-0}" -gt 12000 ] || EPHEMERAL_LOW=32768
+free_port() {
+    local p tries
+    for ((tries = 0; tries < 200; tries++)); do
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+        case "$TAKEN" in *" $p "*) continue ;; esac
+        if ! port_busy "$p"; then
+            TAKEN="$TAKEN$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+# Waits until 127.0.0.1:$1 accepts, while pid $2 lives; 0 when up.
+wait_port() {
+    local i
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$2" 2>/dev/null || return 1
+        port_busy "$1" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+WORK=$(mktemp -d /tmp/pgcorral-bench.XXXXXX)
+chmod 755 "$WORK"
+mkdir -p "$WORK/run" "$WORK/pgcorral" "$WORK/pgbouncer" "$WORK/runs"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$WORK"
+
+PG_PORT=$(free_port)
+CORRAL_PORT=$(free_port)
+BOUNCER_PORT=$(free_port)
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------------
+PG_DATA=$WORK/pgdata
+say "PostgreSQL 15 cluster in $PG_DATA on 127.0.0.1:$PG_PORT"
+as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync \
+    >"$WORK/initdb.log" 2>&1 || die "initdb failed: see $WORK/initdb.log"
+PG_OPTS="-p $PG_PORT -k $WORK/run -c listen_addresses=127.0.0.1 -c max_connections=300"
+PG_OPTS="$PG_OPTS -c fsync=off -c shared_buffers=256MB"
+as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$WORK/postgres.log" -w -t 60 -o "$PG_OPTS" start \
+    >/dev/null || die "PostgreSQL did not start: see $WORK/postgres.log"
+
+psql_at() { psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$@"; }
+psql_at "$PG_PORT" -U postgres -d postgres -c "CREATE ROLE bench LOGIN SUPERUSER" -c "CREATE DATABASE bench OWNER bench" \
+    >"$WORK/setup.log" 2>&1 || die "creating role/database bench failed: see $WORK/setup.log"
+say "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U bench bench >>"$WORK/setup.log" 2>&1 ||
+    die "pgbench -i failed: see $WORK/setup.log"
+
+# ---------------------------------------------------------------------------------------------
+# pgcorral
+# ---------------------------------------------------------------------------------------------
+CD=$WORK/pgcorral
+cat >"$CD/pgcorral.conf" <<EOF
+[pgcorral]
+host = 127.0.0.1
+port = $CORRAL_PORT
+unix_socket_dir = $CD
+max_connections = 100
+pipeline = performance
+log_type = console
+log_level = warn
+blocking_timeout = 30
+
+[primary]
+host = 127.0.0.1
+port = $PG_PORT
+EOF
+printf 'host all all all all\nlocal all all all\n' >"$CD/pgcorral_hba.conf"
+printf 'bench bench %s\n' "$POOL_SIZE" >"$CD/pgcorral_databases.conf"
+say "pgcorral on 127.0.0.1:$CORRAL_PORT"
+# A simple command started with & is exec'd by the child, so $! is pgcorral's own PID.
+"$BIN" -c "$CD/pgcorral.conf" -a "$CD/pgcorral_hba.conf" -l "$CD/pgcorral_databases.conf" \
+    </dev/null >"$WORK/pgcorral.log" 2>&1 &
+PGCORRAL_PID=$!
+wait_port "$CORRAL_PORT" "$PGCORRAL_PID" || {
+    tail -n 20 "$WORK/pgcorral.log" >&2
+    die "pgcorral did not come up on port $CORRAL_PORT: see $WORK/pgcorral.log"
+}
+
+# ---------------------------------------------------------------------------------------------
+# PgBouncer (refuses root: runs as postgres)
+# ---------------------------------------------------------------------------------------------
+BD=$WORK/pgbouncer
+printf '"bench" ""\n' >"$BD/userlist.txt"
+cat >"$BD/pgbouncer.ini" <<EOF
+[databases]
+bench = host=127.0.0.1 port=$PG_PORT dbname=bench
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+unix_socket_dir = $BD
+auth_type = trust
+auth_file = $BD/userlist.txt
+pool_mode = session
+default_pool_size = $POOL_SIZE
+max_client_conn = 500
+logfile = $BD/pgbouncer.log
+pidfile = $BD/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+EOF
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$BD"
+say "PgBouncer on 127.0.0.1:$BOUNCER_PORT"
+as_pg pgbouncer -d "$BD/pgbouncer.ini" >"$BD/start.log" 2>&1 ||
+    die "pgbouncer -d failed: see $BD/start.log and $BD/pgbouncer.log"
+for _ in $(seq 1 100); do
+    [ -s "$BD/pgbouncer.pid" ] && break
+    sleep 0.1
+done
+[ -s "$BD/pgbouncer.pid" ] || die "PgBouncer wrote no pidfile: see $BD/pgbouncer.log"
+PGBOUNCER_PID=$(cat "$BD/pgbouncer.pid")
+wait_port "$BOUNCER_PORT" "$PGBOUNCER_PID" || die "PgBouncer did not come up on port $BOUNCER_PORT: see $BD/pgbouncer.log"
+
+declare -A PORT_OF=([direct]=$PG_PORT [pgcorral]=$CORRAL_PORT [pgbouncer]=$BOUNCER_PORT)
+TARGETS=(direct pgcorral pgbouncer)
+
+# Every target answers before anything is measured.
+for t in "${TARGETS[@]}"; do
+    PGCONNECT_TIMEOUT=10 psql_at "${PORT_OF[$t]}" -U bench -d bench -tA \
+        -c "SELECT count(*) FROM pgbench_branches" >"$WORK/check-$t.log" 2>&1 ||
+        die "SELECT through $t failed: see $WORK/check-$t.log"
+done
+
+# ---------------------------------------------------------------------------------------------
+# pgbench runs
+# ---------------------------------------------------------------------------------------------
+SCENARIOS=()
+declare -A SC_ARGS SC_CLIENTS
+for c in $CLIENTS; do
+    SCENARIOS+=("simple-$c")
+    SC_ARGS[simple-$c]="-M simple"
+    SC_CLIENTS[simple-$c]=$c
+done
+for c in $CLIENTS; do
+    SCENARIOS+=("extended-$c")
+    SC_ARGS[extended-$c]="-M extended"
+    SC_CLIENTS[extended-$c]=$c
+done
+for c in $CONNECT_CLIENTS; do
+    SCENARIOS+=("connect-$c")
+    SC_ARGS[connect-$c]="-M simple -C"
+    SC_CLIENTS[connect-$c]=$c
+done
+
+declare -A TPS # TPS[scenario/target] = space-separated values, one per round
+
+# Runs pgbench in the background (so cleanup can stop it by PID) and waits; log in $1.
+run_pgbench() {
+    local log=$1
+    shift
+    pgbench "$@" >"$log" 2>&1 &
+    BENCH_PID=$!
+    local rc=0
+    wait "$BENCH_PID" || rc=$?
+    BENCH_PID=
+    return "$rc"
+}
+
+# Checks a pgbench log and prints its TPS; $2 is the expected tps line suffix.
+parse_pgbench() {
+    local log=$1 expect=$2 tps failed processed
+    tps=$(sed -n "s/^tps = \([0-9.]*\) ($expect)\$/\1/p" "$log")
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
+    processed=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+    [ -n "$tps" ] || { say "no 'tps = X ($expect)' line in $log"; return 1; }
+    [ -n "$failed" ] || { say "no 'number of failed transactions' line in $log"; return 1; }
+    [ "$failed" -eq 0 ] || { say "$failed failed transactions in $log"; return 1; }
+    [ -n "$processed" ] && [ "$processed" -gt 0 ] || { say "no transaction processed in $log"; return 1; }
+    echo "$tps"
+}
+
+total_runs=$((ROUNDS * ${#SCENARIOS[@]} * ${#TARGETS[@]}))
+say "$total_runs pgbench runs of ${DURATION} s (${#SCENARIOS[@]} scenarios x ${#TARGETS[@]} targets x $ROUNDS rounds)"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+n=0
+for ((round = 1; round <= ROUNDS; round++)); do
+    for sc in "${SCENARIOS[@]}"; do
+        for t in "${TARGETS[@]}"; do
+            n=$((n + 1))
+            log=$WORK/runs/r$round-$sc-$t.log
+            read -ra mode_args <<<"${SC_ARGS[$sc]}"
+            args=(-n -S "${mode_args[@]}" -c "${SC_CLIENTS[$sc]}" -j "$JOBS" -T "$DURATION"
+                -h 127.0.0.1 -p "${PORT_OF[$t]}" -U bench bench)
+            expect="without initial connection time"
+            case "$sc" in connect-*) expect="including reconnection times" ;; esac
+            run_pgbench "$log" "${args[@]}" || {
+                tail -n 15 "$log" >&2
+                die "pgbench failed: round $round, $sc, $t (pgbench ${args[*]}): see $log"
+            }
+            tps=$(parse_pgbench "$log" "$expect") ||
+                die "bad pgbench result: round $round, $sc, $t: see $log"
+            tps=$(printf '%.1f' "$tps")
+            TPS[$sc/$t]="${TPS[$sc/$t]:-}${TPS[$sc/$t]:+ }$tps"
+            printf '%s: [%d/%d] round %d %-12s %-9s tps %10.1f\n' "$PROG" "$n" "$total_runs" "$round" \
+                "$sc" "$t" "$tps" >&2
+        done
+    done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+median() { tr ' ' '\n' | sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) printf "%.1f", v[(NR+1)/2]; else printf "%.1f", (v[NR/2]+v[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else printf "n/a"}'; }
+
+# ---------------------------------------------------------------------------------------------
+# Worker memory under load
+# ---------------------------------------------------------------------------------------------
+# kB of field $2 in /proc/$1/smaps_rollup (empty if the process is gone).
+smaps_kb() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || true; }
+# "min / median / max" of the numbers on stdin.
+mmm() { sort -n | awk '{v[NR]=$1} END {if (NR==0) {print "n/a"; exit} m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%d / %d / %d", v[1], m, v[NR]}'; }
+
+MEM_DURATION=$((DURATION > 8 ? DURATION : 8))
+say "memory: pgbench -S -c $MEM_CLIENTS -T $MEM_DURATION through pgcorral, sampling /proc/<worker>/smaps_rollup"
+# Children that exist before the load are not workers (pgrep exits 1 when there are none).
+idle_children=" $( (pgrep -P "$PGCORRAL_PID" || true) | tr '\n' ' ')"
+mem_log=$WORK/runs/memory-pgcorral.log
+pgbench -n -S -M simple -c "$MEM_CLIENTS" -j "$JOBS" -T "$MEM_DURATION" -h 127.0.0.1 -p "$CORRAL_PORT" \
+    -U bench bench >"$mem_log" 2>&1 &
+BENCH_PID=$!
+workers=()
+for _ in $(seq 1 50); do
+    workers=()
+    for c in $(pgrep -P "$PGCORRAL_PID" || true); do
+        case "$idle_children" in *" $c "*) ;; *) workers+=("$c") ;; esac
+    done
+    [ "${#workers[@]}" -ge "$MEM_CLIENTS" ] && break
+    sleep 0.1
+done
+# Let the workers run a few thousand queries before sampling.
+sleep $((MEM_DURATION / 2))
+priv=() pss=() rss=()
+for w in "${workers[@]}"; do
+    pc=$(smaps_kb "$w" Private_Clean)
+    pd=$(smaps_kb "$w" Private_Dirty)
+    p=$(smaps_kb "$w" Pss)
+    r=$(smaps_kb "$w" Rss)
+    [ -n "$pc" ] && [ -n "$pd" ] && [ -n "$p" ] || continue
+    priv+=($((pc + pd)))
+    pss+=("$p")
+    rss+=("$r")
+done
+mpc=$(smaps_kb "$PGCORRAL_PID" Private_Clean)
+mpd=$(smaps_kb "$PGCORRAL_PID" Private_Dirty)
+main_priv=$((${mpc:-0} + ${mpd:-0}))
+main_pss=$(smaps_kb "$PGCORRAL_PID" Pss)
+rc=0
+wait "$BENCH_PID" || rc=$?
+BENCH_PID=
+[ "$rc" -eq 0 ] || die "memory-measurement pgbench failed: see $mem_log"
+parse_pgbench "$mem_log" "without initial connection time" >/dev/null || die "bad pgbench result: see $mem_log"
+[ "${#priv[@]}" -gt 0 ] || die "found no pgcorral worker (child of pid $PGCORRAL_PID) to measure"
+MEM_PRIV=$(printf '%s\n' "${priv[@]}" | mmm)
+MEM_PSS=$(printf '%s\n' "${pss[@]}" | mmm)
+MEM_RSS=$(printf '%s\n' "${rss[@]}" | mmm)
+MEM_N=${#priv[@]}
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+PG_VERSION=$("$PG_BIN/postgres" --version)
+PGBENCH_VERSION=$(pgbench --version)
+BOUNCER_VERSION=$(pgbouncer --version 2>&1 | head -n 1)
+CORRAL_VERSION=$("$BIN" -V 2>&1 | head -n 1)
+GIT_REV=$(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+CPU_MODEL=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+[ -n "$CPU_MODEL" ] || CPU_MODEL=$(uname -m)
+
+report() {
+    echo "## pgcorral benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
+    echo
+    echo "pgbench -S (read-only), median TPS over $ROUNDS round(s) of ${DURATION} s per run."
+    echo
+    echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral/direct |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    local sc d c b label
+    for sc in "${SCENARIOS[@]}"; do
+        d=$(echo "${TPS[$sc/direct]}" | median)
+        c=$(echo "${TPS[$sc/pgcorral]}" | median)
+        b=$(echo "${TPS[$sc/pgbouncer]}" | median)
+        case "$sc" in
+        simple-*) label="-M simple, ${SC_CLIENTS[$sc]} clients" ;;
+        extended-*) label="-M extended, ${SC_CLIENTS[$sc]} clients" ;;
+        connect-*) label="-C -M simple, ${SC_CLIENTS[$sc]} clients" ;;
+        esac
+        echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $(ratio "$c" "$d") |"
+    done
+    echo
+    echo "pgcorral worker memory (kB, min / median / max over $MEM_N workers, -S -c $MEM_CLIENTS under load):" \
+        "private (Private_Clean+Private_Dirty) $MEM_PRIV; Pss $MEM_PSS; Rss $MEM_RSS;" \
+        "main process private $main_priv, Pss $main_pss."
+    echo
+    if [ "$ROUNDS" -gt 1 ]; then
+        echo "Per-round TPS (direct | pgcorral | pgbouncer):"
+        echo
+        for sc in "${SCENARIOS[@]}"; do
+            echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral]// /, } | ${TPS[$sc/pgbouncer]// /, }"
+        done
+        echo
+    fi
+    echo "Machine: $(nproc) CPUs, $CPU_MODEL; kernel $(uname -r);" \
+        "load average before $LOAD_BEFORE, after $LOAD_AFTER."
+    echo
+    echo "Versions: $PG_VERSION; $PGBENCH_VERSION; $BOUNCER_VERSION; $CORRAL_VERSION, git $GIT_REV."
+    echo
+    echo "Parameters: pgbench -n -S -j $JOBS -T $DURATION, -M simple / -M extended at CLIENTS=\"$CLIENTS\"," \
+        "-C -M simple at CONNECT_CLIENTS=\"$CONNECT_CLIENTS\"; scale $SCALE; TCP to 127.0.0.1;" \
+        "order per scenario direct, pgcorral, pgbouncer; $ROUNDS round(s)." \
+        "PostgreSQL: max_connections=300, fsync=off, shared_buffers=256MB, trust." \
+        "pgcorral: pipeline=performance, max_connections=100, limit bench/bench $POOL_SIZE, log_level=warn, hba method all." \
+        "PgBouncer: pool_mode=session, default_pool_size=$POOL_SIZE, max_client_conn=500, auth_type=trust," \
+        "log_connections=0, log_disconnections=0."
+    if [ "$QUICK" -eq 1 ]; then
+        echo
+        echo "(--quick smoke run: the figures check the script, they are not a measurement.)"
+    fi
+}
+
+mkdir -p "$(dirname "$OUT")"
+report >"$OUT"
+echo
+cat "$OUT"
+echo
+say "report written to $OUT"
+SUCCESS=1
