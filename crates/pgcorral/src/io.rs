@@ -69,11 +69,16 @@ pub fn wait_fd(fd: RawFd, writable: bool, deadline: Instant) -> Result<(), IoErr
 /// Reads at most `buf.len()` bytes (at least one) before the deadline.
 pub fn read_some(fd: RawFd, buf: &mut [u8], deadline: Instant) -> Result<usize, IoError> {
     loop {
-        wait_fd(fd, false, deadline)?;
+        // Try first: the data is usually there already, and poll would cost a syscall for nothing.
         match nix::unistd::read(fd, buf) {
             Ok(0) => return Err(IoError::Closed),
             Ok(n) => return Ok(n),
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => wait_fd(fd, false, deadline)?,
+            Err(nix::errno::Errno::EINTR) => {
+                if stop_requested() {
+                    return Err(IoError::Interrupted);
+                }
+            }
             Err(nix::errno::Errno::ECONNRESET) => return Err(IoError::Closed),
             Err(e) => return Err(io::Error::from(e).into()),
         }

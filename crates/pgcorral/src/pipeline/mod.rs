@@ -240,6 +240,9 @@ pub fn relay(
                 match read_into(client, &mut to_server) {
                     Ok(ReadOutcome::Data(n)) => {
                         progress = true;
+                        // A short read drained the socket; epoll (edge-triggered) reports new data,
+                        // so reading again now would only return EAGAIN: one syscall saved per turn.
+                        client_readable = n == to_server.data.len();
                         match scan_client(&mut cs, &mut end, &to_server.data[..n]) {
                             Ok(ClientScan::All) => {}
                             Ok(ClientScan::TerminateAt(at)) => {
@@ -291,6 +294,7 @@ pub fn relay(
                 match read_into(server, &mut to_client) {
                     Ok(ReadOutcome::Data(n)) => {
                         progress = true;
+                        server_readable = n == to_client.data.len();
                         if scan_server(&mut ss, &mut end, &to_client.data[..n]).is_err() {
                             send_client_error(
                                 client,
