@@ -1,6 +1,6 @@
 //! The mapping itself and its header.
 
-use crate::slot::{Slot, SlotState};
+use crate::slot::{Slot, SlotDataCell, SlotState};
 use crate::wait::{Waiter, MAX_WAITERS};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use thiserror::Error;
@@ -52,6 +52,7 @@ pub struct Region {
     capacity: usize,
     waiters_at: usize,
     slots_at: usize,
+    data_at: usize,
 }
 
 // SAFETY: the region is a fixed mapping that lives as long as the `Region`; everything in it is reached
@@ -72,7 +73,8 @@ impl Region {
         }
         let waiters_at = align_up(std::mem::size_of::<Header>(), 64);
         let slots_at = align_up(waiters_at + MAX_WAITERS * std::mem::size_of::<Waiter>(), 64);
-        let len = slots_at + capacity * std::mem::size_of::<Slot>();
+        let data_at = align_up(slots_at + capacity * std::mem::size_of::<Slot>(), 64);
+        let len = data_at + capacity * std::mem::size_of::<SlotDataCell>();
         // SAFETY: an anonymous mapping with no address hint has no preconditions. MAP_SHARED (not
         // memmap2's MAP_PRIVATE `map_anon`) is what makes writes visible across fork.
         let base = unsafe {
@@ -97,6 +99,7 @@ impl Region {
             capacity,
             waiters_at,
             slots_at,
+            data_at,
         };
         // The mapping is zero-filled, which is a valid value for every atomic and for slot data; only
         // the fields with non-zero initial values are written.
@@ -132,6 +135,14 @@ impl Region {
         assert!(i < self.capacity, "slot index {i} out of range");
         // SAFETY: in range, 64-byte aligned (slots_at is, and Slot's size is a multiple of 64).
         unsafe { &*(self.base.add(self.slots_at) as *const Slot).add(i) }
+    }
+
+    /// Slot `i`'s data block (same range rule as [`Region::slot`]).
+    pub fn slot_data(&self, i: usize) -> &SlotDataCell {
+        assert!(i < self.capacity, "slot index {i} out of range");
+        // SAFETY: in range of the data array inside the mapping, aligned (data_at is 64-aligned and
+        // SlotDataCell's alignment is at most 8); a zeroed SlotData is valid.
+        unsafe { &*(self.base.add(self.data_at) as *const SlotDataCell).add(i) }
     }
 
     /// All the slots.
@@ -197,6 +208,7 @@ impl Region {
                 && slot.transition(SlotState::NotInit, SlotState::Init)
             {
                 slot.clear();
+                self.slot_data(i).clear();
                 slot.set_owner(owner);
                 slot.new_generation();
                 return Some(i);
@@ -248,7 +260,11 @@ mod tests {
     fn slots_start_not_init_and_are_aligned() {
         let r = Region::create(8).unwrap();
         assert_eq!(std::mem::align_of::<Slot>(), 64);
-        assert_eq!(std::mem::size_of::<Slot>() % 64, 0);
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            64,
+            "the hot part of a slot is one cache line"
+        );
         for (_, s) in r.slots() {
             assert_eq!(s.state(), SlotState::NotInit);
             assert_eq!(s as *const Slot as usize % 64, 0);

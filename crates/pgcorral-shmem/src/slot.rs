@@ -1,7 +1,7 @@
 //! A connection slot: one backend connection's state, shared by every process.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 /// Bytes kept for a user, database or application name (PostgreSQL's NAMEDATALEN is 64).
 pub const NAME_LEN: usize = 64;
@@ -146,13 +146,16 @@ impl SlotData {
     }
 }
 
-/// One connection slot, 64-byte aligned so that slots do not share cache lines.
+/// One connection slot: the atomics every process reads when it looks for a backend, 64-byte aligned
+/// so that slots do not share cache lines. The slot's larger data block lives in a separate array
+/// ([`SlotDataCell`], via `Region::slot_data`), so a scan of all slots touches only a few pages.
 #[repr(C, align(64))]
 pub struct Slot {
     state: AtomicI32,
     generation: AtomicU32,
     owner: AtomicI32,
-    server: AtomicU32,
+    server: AtomicU16,
+    in_transaction: AtomicU16,
     rule: AtomicI32,
     backend_pid: AtomicI32,
     backend_secret: AtomicI32,
@@ -161,14 +164,7 @@ pub struct Slot {
     pool_key: AtomicU64,
     start_time: AtomicI64,
     last_use: AtomicI64,
-    in_transaction: AtomicU32,
-    data: UnsafeCell<SlotData>,
 }
-
-// SAFETY: every field but `data` is atomic; `data` is written only by the slot's owner (the process that
-// moved the state to INIT or IN_USE by CAS) and published to others by the release ordering of the CAS
-// that gives the slot back, so sharing `&Slot` between threads or processes is sound under that protocol.
-unsafe impl Sync for Slot {}
 
 impl Slot {
     /// The current state.
@@ -205,7 +201,8 @@ impl Slot {
         self.server.load(Ordering::Acquire) as usize
     }
     pub fn set_server(&self, server: usize) {
-        self.server.store(server as u32, Ordering::Release)
+        self.server
+            .store(server.min(u16::MAX as usize) as u16, Ordering::Release)
     }
     /// The limit rule the backend counts against, if any.
     pub fn rule(&self) -> Option<usize> {
@@ -261,33 +258,10 @@ impl Slot {
         self.in_transaction.load(Ordering::Acquire) != 0
     }
     pub fn set_in_transaction(&self, v: bool) {
-        self.in_transaction.store(v as u32, Ordering::Release)
+        self.in_transaction.store(v as u16, Ordering::Release)
     }
 
-    /// A copy of the slot's data. Sound to call on a slot the caller owns, or one that is FREE (nobody
-    /// writes a FREE slot's data); on any other slot the copy may be torn and is for display only.
-    pub fn data(&self) -> SlotData {
-        // SAFETY: the pointer is valid and aligned (it points into the mapping for the region's whole
-        // life). A volatile read tolerates a concurrent writer in another process: at worst the copy is
-        // torn, which the documented contract allows only for display.
-        unsafe { std::ptr::read_volatile(self.data.get()) }
-    }
-
-    /// Reads the slot's data in place without copying it. Same contract as [`Slot::data`].
-    pub fn with_data<R>(&self, f: impl FnOnce(&SlotData) -> R) -> R {
-        // SAFETY: see `data`; the reference does not outlive the call.
-        f(unsafe { &*self.data.get() })
-    }
-
-    /// Changes the slot's data. Only the owner of a slot in INIT or IN_USE may call this.
-    pub fn with_data_mut<R>(&self, f: impl FnOnce(&mut SlotData) -> R) -> R {
-        debug_assert!(matches!(self.state(), SlotState::Init | SlotState::InUse));
-        // SAFETY: by the ownership protocol (one owner moved the state by CAS) no other process writes
-        // this slot's data now, and readers only read it after the CAS that hands the slot over.
-        f(unsafe { &mut *self.data.get() })
-    }
-
-    /// Resets everything but the generation (call in NOTINIT or INIT).
+    /// Resets the atomics but the state and generation (call in NOTINIT or INIT).
     pub fn clear(&self) {
         self.set_owner(0);
         self.set_backend_key(0, 0);
@@ -295,7 +269,45 @@ impl Slot {
         self.set_pool_key(0);
         self.set_rule(None);
         self.set_in_transaction(false);
-        // SAFETY: the caller holds the slot (NOTINIT/INIT), so nobody else writes or reads it.
-        unsafe { std::ptr::write_bytes(self.data.get(), 0, 1) };
+    }
+}
+
+/// A slot's data block. Written only by the slot's owner (the process that moved the slot to INIT or
+/// IN_USE by CAS) and published to the next owner by the release ordering of the CAS that gives the
+/// slot back.
+#[repr(C)]
+pub struct SlotDataCell(UnsafeCell<SlotData>);
+
+// SAFETY: access follows the slot ownership protocol described above: one writer (the owner) at a time,
+// readers after the handing-over CAS, and torn reads tolerated only for display.
+unsafe impl Sync for SlotDataCell {}
+
+impl SlotDataCell {
+    /// A copy of the slot's data. Sound to call on a slot the caller owns, or one that is FREE (nobody
+    /// writes a FREE slot's data); on any other slot the copy may be torn and is for display only.
+    pub fn data(&self) -> SlotData {
+        // SAFETY: the pointer is valid and aligned (it points into the mapping for the region's whole
+        // life). A volatile read tolerates a concurrent writer in another process: at worst the copy is
+        // torn, which the documented contract allows only for display.
+        unsafe { std::ptr::read_volatile(self.0.get()) }
+    }
+
+    /// Reads the slot's data in place without copying it. Same contract as [`SlotDataCell::data`].
+    pub fn with_data<R>(&self, f: impl FnOnce(&SlotData) -> R) -> R {
+        // SAFETY: see `data`; the reference does not outlive the call.
+        f(unsafe { &*self.0.get() })
+    }
+
+    /// Changes the slot's data. Only the owner of a slot in INIT or IN_USE may call this.
+    pub fn with_data_mut<R>(&self, f: impl FnOnce(&mut SlotData) -> R) -> R {
+        // SAFETY: by the ownership protocol (one owner moved the state by CAS) no other process writes
+        // this slot's data now, and readers only read it after the CAS that hands the slot over.
+        f(unsafe { &mut *self.0.get() })
+    }
+
+    /// Empties the data (the caller holds the slot in NOTINIT or INIT).
+    pub fn clear(&self) {
+        // SAFETY: the caller holds the slot, so nobody else writes or reads it.
+        unsafe { std::ptr::write_bytes(self.0.get(), 0, 1) };
     }
 }

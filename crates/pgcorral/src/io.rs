@@ -66,7 +66,8 @@ pub fn wait_fd(fd: RawFd, writable: bool, deadline: Instant) -> Result<(), IoErr
     }
 }
 
-/// Reads at most `buf.len()` bytes (at least one) before the deadline.
+/// Reads at most `buf.len()` bytes (at least one) before the deadline. `fd` must be non-blocking (every
+/// worker socket is), or a silent peer would hold the read past the deadline.
 pub fn read_some(fd: RawFd, buf: &mut [u8], deadline: Instant) -> Result<usize, IoError> {
     loop {
         // Try first: the data is usually there already, and poll would cost a syscall for nothing.
@@ -179,6 +180,7 @@ mod tests {
     #[test]
     fn read_message_caps_length_before_allocating() {
         let (mut a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
         a.write_all(b"p\x7f\xff\xff\xff").unwrap();
         let err =
             read_message(b.as_raw_fd(), 8192, deadline_in(Duration::from_secs(1))).unwrap_err();
@@ -188,6 +190,7 @@ mod tests {
     #[test]
     fn read_message_reads_exactly_one_message() {
         let (mut a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
         a.write_all(b"p\0\0\0\x08abc\0Q\0\0\0\x05x").unwrap();
         let m = read_message(b.as_raw_fd(), 8192, deadline_in(Duration::from_secs(1))).unwrap();
         assert_eq!(
@@ -204,6 +207,7 @@ mod tests {
     #[test]
     fn silence_times_out() {
         let (_a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
         let t = Instant::now();
         let err =
             read_message(b.as_raw_fd(), 10, deadline_in(Duration::from_millis(100))).unwrap_err();

@@ -181,7 +181,10 @@ fn take_free(
         }
         // The slot may have been killed and re-created for someone else between the look and the CAS:
         // check what it holds now that it is ours.
-        if !slot.with_data(|d| key.matches(d) && reusable(d)) {
+        if !region
+            .slot_data(i)
+            .with_data(|d| key.matches(d) && reusable(d))
+        {
             slot.transition(SlotState::InUse, SlotState::Free);
             region.notify_release();
             continue;
@@ -239,7 +242,7 @@ fn evict_idle(
             continue;
         }
         let usable = slot.pool_key() == key.hash
-            && reusable.is_some_and(|r| slot.with_data(|d| key.matches(d) && r(d)));
+            && reusable.is_some_and(|r| region.slot_data(i).with_data(|d| key.matches(d) && r(d)));
         if usable {
             continue;
         }

@@ -163,6 +163,7 @@ fn serve(
     };
     let mut lease = checkout.lease;
     let slot = ctx.region.slot(lease.slot);
+    let slot_data = ctx.region.slot_data(lease.slot);
     let rng = SystemRandom::new();
     let mut secret = [0u8; 4];
     if rng.fill(&mut secret).is_err() {
@@ -179,7 +180,7 @@ fn serve(
     let poolable;
     if lease.fresh {
         slot.set_server(server_index);
-        slot.with_data_mut(|d| {
+        slot_data.with_data_mut(|d| {
             d.user.set(user.as_bytes());
             d.database.set(database.as_bytes());
             d.options.set(options.as_bytes());
@@ -225,7 +226,7 @@ fn serve(
             }
         };
         let mut recorded = true;
-        slot.with_data_mut(|d| {
+        slot_data.with_data_mut(|d| {
             d.auth_method = login.method as u8;
             d.password_salt = login.password_salt;
             d.password_hash = login.password_hash;
@@ -240,7 +241,7 @@ fn serve(
         // md5 and SCRAM answers are never replayed: such backends serve one client and close.
         poolable = recorded && matches!(login.method, AuthMethod::Trust | AuthMethod::Password);
     } else {
-        let record = slot.data();
+        let record = slot_data.data();
         if let Err(e) = security::verify_pooled_client(fd, method, &record, &user, auth_deadline) {
             report(fd, peer, &e);
             pool::give_back(ctx, lease);
@@ -265,7 +266,7 @@ fn serve(
         }
         messages::backend_key_data(&mut greeting, client_key.0, client_key.1);
         messages::ready_for_query(&mut greeting, b'I');
-        slot.with_data_mut(|d| {
+        slot_data.with_data_mut(|d| {
             d.appname
                 .set(startup.get("application_name").unwrap_or("").as_bytes())
         });

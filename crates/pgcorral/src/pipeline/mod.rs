@@ -177,16 +177,14 @@ pub fn relay(
 ) -> io::Result<(SessionEnd, FrameTracker)> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4);
-    poll.registry().register(
-        &mut SourceFd(&client),
-        CLIENT,
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
-    poll.registry().register(
-        &mut SourceFd(&server),
-        SERVER,
-        Interest::READABLE | Interest::WRITABLE,
-    )?;
+    // WRITABLE interest only while a write is pending: otherwise a Unix-socket peer's every read
+    // would wake this process with a write-space event it has no use for.
+    poll.registry()
+        .register(&mut SourceFd(&client), CLIENT, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut SourceFd(&server), SERVER, Interest::READABLE)?;
+    let mut watching_client_writes = false;
+    let mut watching_server_writes = false;
     let mut to_server = Buffer::new();
     let mut to_client = Buffer::new();
     let mut cs = ClientSide {
@@ -308,6 +306,29 @@ pub fn relay(
                     Ok(ReadOutcome::Closed) | Err(_) => break 'relay EndReason::ServerGone,
                 }
             }
+        }
+        // Before sleeping, ask for write-space events exactly where a write is pending.
+        let want_server_writes = !to_server.is_empty() && !server_writable;
+        if want_server_writes != watching_server_writes {
+            let interest = if want_server_writes {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            poll.registry()
+                .reregister(&mut SourceFd(&server), SERVER, interest)?;
+            watching_server_writes = want_server_writes;
+        }
+        let want_client_writes = !to_client.is_empty() && !client_writable;
+        if want_client_writes != watching_client_writes {
+            let interest = if want_client_writes {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            poll.registry()
+                .reregister(&mut SourceFd(&client), CLIENT, interest)?;
+            watching_client_writes = want_client_writes;
         }
         match poll.poll(&mut events, interval) {
             Ok(()) => {}
