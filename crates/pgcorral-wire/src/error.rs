@@ -26,6 +26,18 @@ pub enum WireError {
     /// A protocol version pgcorral does not speak.
     #[error("unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0")]
     UnsupportedProtocol { major: u16, minor: u16 },
+    /// The client's password, MD5 answer or SCRAM proof is wrong.
+    #[error("password authentication failed")]
+    AuthFailed,
+    /// A SCRAM server ended the exchange with an error attribute (`e=...` in server-final-message).
+    #[error("SCRAM authentication failed on the server: {reason}")]
+    ScramServerError { reason: String },
+    /// The server's SCRAM signature is wrong: the server does not know the password's keys.
+    #[error("incorrect SCRAM server signature")]
+    ServerSignatureMismatch,
+    /// The random number generator failed.
+    #[error("random number generator failed")]
+    RandomFailed,
 }
 
 impl WireError {
@@ -33,6 +45,9 @@ impl WireError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             WireError::UnsupportedProtocol { .. } => "0A000",
+            WireError::AuthFailed => "28P01",
+            WireError::ScramServerError { .. } | WireError::ServerSignatureMismatch => "28000",
+            WireError::RandomFailed => "58000",
             _ => "08P01",
         }
     }
