@@ -146,6 +146,14 @@ pub struct MainConfig {
     pub server_reset_query: String,
     /// `None`: the daemon uses `unix_socket_dir/pgcorral.<port>.pid`.
     pub pidfile: Option<PathBuf>,
+    /// Users not in the users vault may log in with pass-through authentication (default on).
+    pub allow_unknown_users: bool,
+    /// Look up the secret of users not in the vault in PostgreSQL, as the `-S` superuser.
+    pub auth_query: bool,
+    /// Function `f(name) -> text` returning the secret, instead of reading `pg_authid`; empty = none.
+    pub auth_query_function: String,
+    /// How long a secret fetched by auth_query is cached.
+    pub auth_query_cache: Duration,
 }
 
 /// A server section.

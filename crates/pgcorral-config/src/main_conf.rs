@@ -44,8 +44,6 @@ const UNSUPPORTED_MAIN_KEYS: &[&str] = &[
     "validation",
     "background_interval",
     "max_retries",
-    "allow_unknown_users",
-    "auth_query",
     "failover",
     "failover_script",
     "failover_notify_script",
@@ -231,6 +229,10 @@ fn parse_main(
     let mut backlog = None;
     let mut server_reset_query = "DISCARD ALL".to_string();
     let mut pidfile = None;
+    let mut allow_unknown_users = true;
+    let mut auth_query = false;
+    let mut auth_query_function = String::new();
+    let mut auth_query_cache = Duration::from_secs(60);
 
     let mut seen = HashMap::new();
     for entry in &section.entries {
@@ -302,6 +304,24 @@ fn parse_main(
                 )
             }
             "server_reset_query" => server_reset_query = value.to_string(),
+            "allow_unknown_users" => {
+                allow_unknown_users = parse_bool(value).map_err(|r| bad(path, entry, r))?
+            }
+            "auth_query" => auth_query = parse_bool(value).map_err(|r| bad(path, entry, r))?,
+            "auth_query_function" => {
+                if !value.is_empty() && !is_qualified_name(value) {
+                    return Err(bad(
+                        path,
+                        entry,
+                        "must be a function name, optionally schema-qualified (letters, digits, _ and one .)"
+                            .to_string(),
+                    ));
+                }
+                auth_query_function = value.to_string()
+            }
+            "auth_query_cache" => {
+                auth_query_cache = parse_time(value).map_err(|r| bad(path, entry, r))?
+            }
             "pidfile" => {
                 pidfile = if value.is_empty() {
                     None
@@ -358,7 +378,25 @@ fn parse_main(
         backlog,
         server_reset_query,
         pidfile,
+        allow_unknown_users,
+        auth_query,
+        auth_query_function,
+        auth_query_cache,
     })
+}
+
+/// A function name pgcorral may put into SQL unquoted: `name` or `schema.name`, identifier characters.
+fn is_qualified_name(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() < 64
+                && p.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 fn parse_servers(

@@ -6,10 +6,12 @@
 //! slots whose states move only by compare-and-swap. All the `unsafe` about shared memory in pgcorral
 //! lives in this crate; the policy (when to flush, whom to kill) lives in the daemon.
 
+mod auth_cache;
 mod region;
 mod slot;
 mod wait;
 
+pub use auth_cache::{AUTH_CACHE_ENTRIES, SECRET_LEN};
 pub use region::{Header, Region, ShmemError, MAX_CAPACITY, MAX_RULES};
 pub use slot::{
     AuthMethod, FixedBytes, Slot, SlotData, SlotState, NAME_LEN, PARAMS_LEN, STARTUP_LEN,

@@ -1,5 +1,6 @@
 //! The mapping itself and its header.
 
+use crate::auth_cache::{AuthCacheEntry, AUTH_CACHE_ENTRIES};
 use crate::slot::{Slot, SlotDataCell, SlotState};
 use crate::wait::{Waiter, MAX_WAITERS};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -53,6 +54,7 @@ pub struct Region {
     waiters_at: usize,
     slots_at: usize,
     data_at: usize,
+    cache_at: usize,
 }
 
 // SAFETY: the region is a fixed mapping that lives as long as the `Region`; everything in it is reached
@@ -74,7 +76,8 @@ impl Region {
         let waiters_at = align_up(std::mem::size_of::<Header>(), 64);
         let slots_at = align_up(waiters_at + MAX_WAITERS * std::mem::size_of::<Waiter>(), 64);
         let data_at = align_up(slots_at + capacity * std::mem::size_of::<Slot>(), 64);
-        let len = data_at + capacity * std::mem::size_of::<SlotDataCell>();
+        let cache_at = align_up(data_at + capacity * std::mem::size_of::<SlotDataCell>(), 64);
+        let len = cache_at + AUTH_CACHE_ENTRIES * std::mem::size_of::<AuthCacheEntry>();
         // SAFETY: an anonymous mapping with no address hint has no preconditions. MAP_SHARED (not
         // memmap2's MAP_PRIVATE `map_anon`) is what makes writes visible across fork.
         let base = unsafe {
@@ -100,6 +103,7 @@ impl Region {
             waiters_at,
             slots_at,
             data_at,
+            cache_at,
         };
         // The mapping is zero-filled, which is a valid value for every atomic and for slot data; only
         // the fields with non-zero initial values are written.
@@ -143,6 +147,16 @@ impl Region {
         // SAFETY: in range of the data array inside the mapping, aligned (data_at is 64-aligned and
         // SlotDataCell's alignment is at most 8); a zeroed SlotData is valid.
         unsafe { &*(self.base.add(self.data_at) as *const SlotDataCell).add(i) }
+    }
+
+    pub(crate) fn auth_cache(&self) -> &[AuthCacheEntry] {
+        // SAFETY: the cache array lies inside the mapping, 64-byte aligned, zero-initialised (valid).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(self.cache_at) as *const AuthCacheEntry,
+                AUTH_CACHE_ENTRIES,
+            )
+        }
     }
 
     /// All the slots.

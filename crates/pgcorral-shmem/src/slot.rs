@@ -69,6 +69,9 @@ pub enum AuthMethod {
     Password = 2,
     Md5 = 3,
     Scram = 4,
+    /// pgcorral logged in itself with a secret it holds (vault or auth_query): any client pgcorral
+    /// verified may reuse the backend.
+    Pooler = 5,
 }
 
 impl AuthMethod {
@@ -78,6 +81,7 @@ impl AuthMethod {
             2 => AuthMethod::Password,
             3 => AuthMethod::Md5,
             4 => AuthMethod::Scram,
+            5 => AuthMethod::Pooler,
             _ => AuthMethod::Unknown,
         }
     }

@@ -201,3 +201,132 @@ pub fn run_setup(fd: RawFd, sql: &str, deadline: Instant) -> Result<Vec<(String,
         None => Ok(changed),
     }
 }
+
+/// Opens a new backend for a fresh lease and logs in as the pooler with `credential`; records what a
+/// later client needs in the slot and moves it INIT→IN_USE. On error the caller kills the lease.
+pub fn open_as_pooler(
+    ctx: &crate::context::Context,
+    lease: &mut crate::pool::Lease,
+    startup: &pgcorral_wire::StartupMessage,
+    credential: &crate::security::BackendCredential,
+    rng: &dyn ring::rand::SecureRandom,
+    deadline: Instant,
+) -> Result<crate::security::BackendLogin, crate::security::AuthError> {
+    use crate::security::AuthError;
+    let server_index = ctx.config.primary_index();
+    let server = &ctx.config.servers[server_index];
+    let slot = ctx.region.slot(lease.slot);
+    slot.set_server(server_index);
+    let conn = connect(
+        server,
+        ctx.config.main.nodelay,
+        ctx.config.main.keep_alive,
+        ctx.config.main.authentication_timeout,
+    )
+    .map_err(|e| {
+        AuthError::refuse(
+            "08006",
+            format!(
+                "could not connect to server \"{}\" at {}:{}: {e}",
+                server.name, server.host, server.port
+            ),
+        )
+    })?;
+    let fd = conn.as_raw_fd();
+    lease.fd = Some(conn);
+    let login = crate::security::login_backend_as_pooler(fd, startup, credential, rng, deadline)?;
+    record_new_backend(ctx, lease.slot, startup, &login);
+    Ok(login)
+}
+
+/// Writes what a new backend's login left in its slot (startup parameters, ParameterStatus, key,
+/// authentication record) and moves the slot INIT→IN_USE. Returns false when the record did not fit
+/// (the backend then must not be pooled).
+pub fn record_new_backend(
+    ctx: &crate::context::Context,
+    slot_index: usize,
+    startup: &pgcorral_wire::StartupMessage,
+    login: &crate::security::BackendLogin,
+) -> bool {
+    let slot = ctx.region.slot(slot_index);
+    let mut recorded = true;
+    ctx.region.slot_data(slot_index).with_data_mut(|d| {
+        d.user.set(startup.user().unwrap_or("").as_bytes());
+        d.database.set(startup.database().as_bytes());
+        d.options
+            .set(startup.get("options").unwrap_or("").as_bytes());
+        d.appname
+            .set(startup.get("application_name").unwrap_or("").as_bytes());
+        d.auth_method = login.method as u8;
+        d.password_salt = login.password_salt;
+        d.password_hash = login.password_hash;
+        recorded &= d.startup.set(&encode_params(startup));
+        recorded &= d.params.set(&login.params);
+    });
+    slot.set_backend_key(login.backend_key.0, login.backend_key.1);
+    if !slot.transition(
+        pgcorral_shmem::SlotState::Init,
+        pgcorral_shmem::SlotState::InUse,
+    ) {
+        log::error!("slot {slot_index}: state changed under its owner");
+    }
+    recorded
+}
+
+/// Startup parameters worth recording for a backend (what SET can change later).
+pub fn encode_params(startup: &pgcorral_wire::StartupMessage) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in &startup.params {
+        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+            continue;
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Runs a query returning one value (first column of the first row; None for no row or NULL).
+pub fn query_value(fd: RawFd, sql: &str, deadline: Instant) -> Result<Option<String>, String> {
+    let mut q = Vec::with_capacity(sql.len() + 6);
+    messages::query(&mut q, sql);
+    write_all(fd, &q, deadline).map_err(|e| e.to_string())?;
+    let mut value = None;
+    let mut error = None;
+    loop {
+        let msg = io::read_message(fd, 1 << 20, deadline).map_err(|e| e.to_string())?;
+        match msg.tag {
+            b'D' if value.is_none() => {
+                let b = &msg.body;
+                if b.len() >= 6 && i16::from_be_bytes([b[0], b[1]]) >= 1 {
+                    let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+                    if len >= 0 && b.len() >= 6 + len as usize {
+                        value = Some(String::from_utf8_lossy(&b[6..6 + len as usize]).into_owned());
+                    }
+                }
+            }
+            tag::ERROR_RESPONSE => {
+                error = Some(
+                    String::from_utf8_lossy(ReceivedError::parse(&msg.body).message).into_owned(),
+                )
+            }
+            tag::READY_FOR_QUERY => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(value),
+    }
+}
+
+/// A string as an SQL literal, as PostgreSQL's quote_literal writes it.
+pub fn quote_literal(v: &str) -> String {
+    if v.contains('\\') {
+        format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", v.replace('\'', "''"))
+    }
+}

@@ -15,6 +15,8 @@ pub struct Context {
     pub main_fds: Vec<Option<(RawFd, u32)>>,
     /// Main's management socket (fd transfers, later the control protocol).
     pub management_path: PathBuf,
+    /// Decrypted user files (inherited by workers through fork, never in the shared region).
+    pub secrets: crate::secrets::Secrets,
 }
 
 impl Context {

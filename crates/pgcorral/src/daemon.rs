@@ -58,7 +58,13 @@ pub struct Daemon {
     workers: HashSet<i32>,
     stopping: Option<Instant>,
     cleanup: Cleanup,
+    /// The running prefill child, if any (one at a time).
+    prefill: Option<i32>,
+    next_maintenance: Instant,
 }
+
+/// How often main checks idle backends and the prefill targets.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long workers get to finish after SIGTERM before they are killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -100,14 +106,25 @@ impl Daemon {
             workers: HashSet::new(),
             stopping: None,
             cleanup,
+            prefill: None,
+            next_maintenance: Instant::now() + MAINTENANCE_INTERVAL,
         })
     }
 
     /// Runs until a stop signal; returns the exit code.
     pub fn run(mut self) -> i32 {
         let mut events = Events::with_capacity(64);
+        if !crate::prefill::targets(&self.ctx, true).is_empty() {
+            self.prefill = self.run_in_child("prefill", |ctx| crate::prefill::run(ctx, true));
+        }
         loop {
-            let timeout = self.stopping.map(|_| Duration::from_millis(100));
+            let timeout = match self.stopping {
+                Some(_) => Duration::from_millis(100),
+                None => self
+                    .next_maintenance
+                    .saturating_duration_since(Instant::now()),
+            };
+            let timeout = Some(timeout);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("poll failed: {e}");
@@ -121,6 +138,10 @@ impl Daemon {
                     Token(t) if t >= FIRST_MANAGEMENT_CONN => self.serve_management(Token(t)),
                     Token(t) => self.accept_clients(t - FIRST_LISTENER),
                 }
+            }
+            if self.stopping.is_none() && Instant::now() >= self.next_maintenance {
+                self.maintenance();
+                self.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
             }
             if let Some(deadline) = self.stopping {
                 if self.workers.is_empty() {
@@ -246,8 +267,35 @@ impl Daemon {
         }
     }
 
+    /// Periodic work: close idle backends the server has closed (they would fail the next client), and
+    /// start a prefill child when a rule is below its MIN_SIZE.
+    fn maintenance(&mut self) {
+        for i in 0..self.ctx.main_fds.len() {
+            let Some((fd, generation)) = self.ctx.main_fds[i] else {
+                continue;
+            };
+            let slot = self.ctx.region.slot(i);
+            if slot.state() != SlotState::Free
+                || slot.generation() != generation
+                || !backend_gone(fd)
+            {
+                continue;
+            }
+            if slot.transition(SlotState::Free, SlotState::Remove) {
+                slot.set_owner(std::process::id() as i32);
+                terminate_fd(fd);
+                self.ctx.main_fds[i] = None;
+                self.ctx.region.release_slot(i, SlotState::Remove);
+                log::info!("slot {i}: the server closed an idle backend; removed from the pool");
+            }
+        }
+        if self.prefill.is_none() && crate::prefill::needed(&self.ctx) {
+            self.prefill = self.run_in_child("prefill", |ctx| crate::prefill::run(ctx, false));
+        }
+    }
+
     /// Runs a slow job in a short-lived child so the loop never blocks on it (pgagroal does the same).
-    fn run_in_child(&mut self, what: &str, job: impl FnOnce(&Context)) {
+    fn run_in_child(&mut self, what: &str, job: impl FnOnce(&Context)) -> Option<i32> {
         // SAFETY: as in spawn_worker: single-threaded main; the child runs the job and exits.
         match unsafe { nix::unistd::fork() } {
             Ok(ForkResult::Child) => {
@@ -261,8 +309,12 @@ impl Daemon {
             }
             Ok(ForkResult::Parent { child }) => {
                 self.workers.insert(child.as_raw());
+                Some(child.as_raw())
             }
-            Err(e) => log::warn!("cannot fork for {what}: {e}"),
+            Err(e) => {
+                log::warn!("cannot fork for {what}: {e}");
+                None
+            }
         }
     }
 
@@ -300,6 +352,9 @@ impl Daemon {
     /// and the slot freed; its place in the wait queue is dropped.
     fn child_gone(&mut self, pid: i32) {
         self.workers.remove(&pid);
+        if self.prefill == Some(pid) {
+            self.prefill = None;
+        }
         self.ctx.region.clear_waiters_of(pid);
         for i in 0..self.ctx.region.capacity() {
             let slot = self.ctx.region.slot(i);
@@ -465,6 +520,29 @@ impl Daemon {
         }
         log::info!("pgcorral stopped");
     }
+}
+
+/// True when an idle backend socket is closed or has something to say (an idle backend only speaks to
+/// announce its end, e.g. FATAL 57P01 after pg_terminate_backend).
+fn backend_gone(fd: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: a peek into a one-byte stack buffer on a socket main owns; nothing is consumed.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr() as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        );
+    }
+    true
 }
 
 /// Sends Terminate to a backend, then shuts the socket down for every process holding a copy (workers

@@ -1,12 +1,15 @@
 //! pgcorral: a PostgreSQL connection pooler that forks one worker process per client, in the manner
 //! of pgagroal. This binary is the daemon; see doc/architecture.md for how its processes share state.
 
+mod auth_query;
 mod backend;
 mod context;
 mod daemon;
 mod io;
 mod pipeline;
 mod pool;
+mod prefill;
+mod secrets;
 mod security;
 mod signals;
 mod transfer;
@@ -43,16 +46,16 @@ struct Cli {
     /// Limits (databases) file
     #[arg(short = 'l', long = "limit", value_name = "LIMIT_FILE")]
     limit: Option<PathBuf>,
-    /// Users file (vault; not supported yet)
+    /// Users file: backend passwords (encrypted with the master key)
     #[arg(short = 'u', long = "users", value_name = "USERS_FILE")]
     users: Option<PathBuf>,
-    /// Frontend users file (not supported yet)
+    /// Frontend users file: client passwords that differ from the backend ones
     #[arg(short = 'F', long = "frontend", value_name = "FRONTEND_USERS_FILE")]
     frontend: Option<PathBuf>,
-    /// Admins file (not supported yet)
+    /// Admins file (remote management)
     #[arg(short = 'A', long = "admins", value_name = "ADMINS_FILE")]
     admins: Option<PathBuf>,
-    /// Superuser file (not supported yet)
+    /// Superuser file: the user auth_query reads role secrets as
     #[arg(short = 'S', long = "superuser", value_name = "SUPERUSER_FILE")]
     superuser: Option<PathBuf>,
     /// Run as a daemon
@@ -290,18 +293,21 @@ fn main() {
     for w in &warnings {
         log::warn!("{w}");
     }
-    for (flag, given) in [
-        ("-u", &cli.users),
-        ("-F", &cli.frontend),
-        ("-A", &cli.admins),
-        ("-S", &cli.superuser),
-    ] {
-        if let Some(p) = given {
-            log::warn!(
-                "{flag} {}: user vault files are not supported yet; ignored",
-                p.display()
-            );
-        }
+    let secrets = secrets::Secrets::load(
+        cli.users.as_deref(),
+        cli.frontend.as_deref(),
+        cli.admins.as_deref(),
+        cli.superuser.as_deref(),
+    )
+    .unwrap_or_else(|e| fail(e));
+    if config.main.auth_query && secrets.superuser().is_none() {
+        fail("auth_query = on needs the superuser file (-S) with the user pgcorral reads pg_authid as");
+    }
+    if !secrets.is_empty() {
+        log::info!(
+            "user vault: {} user(s) with a backend password",
+            secrets.user_count()
+        );
     }
     if nix::unistd::geteuid().is_root() {
         log::warn!("running as root: prefer an unprivileged user (root is needed only for the cgroup mover)");
@@ -376,6 +382,7 @@ fn main() {
         region,
         main_fds: vec![None; capacity],
         management_path,
+        secrets,
     };
     let daemon = daemon::Daemon::new(ctx, listeners, management, signal_pipe, cleanup)
         .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));

@@ -12,8 +12,13 @@ use pgcorral_config::HbaMethod;
 use pgcorral_shmem::{AuthMethod, SlotData};
 use pgcorral_wire::messages::{self, tag, Authentication, ErrorFields};
 use pgcorral_wire::{
-    parse_startup, startup_packet_length, StartupMessage, StartupRequest, WireError,
-    MAX_AUTH_MESSAGE_LENGTH,
+    authentication_sasl, authentication_sasl_continue, authentication_sasl_final,
+    parse_sasl_initial_response, parse_sasl_mechanisms, sasl_initial_response, sasl_response,
+    ScramClient, ScramSecret, ScramServer,
+};
+use pgcorral_wire::{
+    md5_password_hash, md5_salted, parse_startup, startup_packet_length, StartupMessage,
+    StartupRequest, WireError, MAX_AUTH_MESSAGE_LENGTH,
 };
 use ring::digest;
 use std::os::fd::RawFd;
@@ -29,6 +34,9 @@ pub enum AuthError {
     /// The server refused the client: its ErrorResponse was relayed already.
     #[error("the server refused the login: {0}")]
     ServerRefused(String),
+    /// The server refused pgcorral's own login: tell the client the server's error.
+    #[error("{message}")]
+    Server { code: String, message: String },
     /// The conversation broke off (client gone, timeout): close without a reply.
     #[error("{0}")]
     Io(#[from] IoError),
@@ -363,5 +371,320 @@ mod tests {
         assert!(reuse_policy(HbaMethod::Md5).is_none());
         assert!(reuse_policy(HbaMethod::ScramSha256).is_none());
         assert!(reuse_policy(HbaMethod::Trust).is_some());
+    }
+}
+
+/// A secret pgcorral can verify a client with.
+#[derive(Clone)]
+pub enum ClientSecret {
+    /// The cleartext password (from the vault).
+    Password(String),
+    /// A SCRAM-SHA-256 secret as PostgreSQL stores it (from auth_query).
+    Scram(ScramSecret),
+    /// An MD5 hash as PostgreSQL stores it, `md5` + 32 hex digits (from auth_query).
+    Md5(String),
+}
+
+impl ClientSecret {
+    /// Interprets a `pg_authid.rolpassword` value.
+    pub fn from_stored(stored: &str) -> Option<ClientSecret> {
+        if stored.starts_with("SCRAM-SHA-256$") {
+            ScramSecret::parse(stored).ok().map(ClientSecret::Scram)
+        } else if stored.len() == 35 && stored.starts_with("md5") {
+            Some(ClientSecret::Md5(stored.to_string()))
+        } else {
+            None
+        }
+    }
+}
+
+/// What pgcorral can log in to PostgreSQL with.
+#[derive(Clone)]
+pub enum BackendCredential {
+    Password(String),
+    /// Recovered from a client's SCRAM proof (auth_query): enough to log in as that user.
+    ScramKeys {
+        client_key: [u8; 32],
+        server_key: [u8; 32],
+    },
+    Md5Hash(String),
+}
+
+fn random_bytes<const N: usize>(rng: &dyn ring::rand::SecureRandom) -> Result<[u8; N], AuthError> {
+    let mut b = [0u8; N];
+    rng.fill(&mut b)
+        .map_err(|_| AuthError::refuse("58000", "no randomness available"))?;
+    Ok(b)
+}
+
+fn auth_failed(user: &str) -> AuthError {
+    AuthError::refuse(
+        "28P01",
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+fn read_client_response(fd: RawFd, deadline: Instant) -> Result<Message, AuthError> {
+    let msg = read_message(fd, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
+    if msg.tag != tag::PASSWORD {
+        return Err(AuthError::refuse(
+            "08P01",
+            format!(
+                "expected an authentication response, got message type {}",
+                msg.tag as char
+            ),
+        ));
+    }
+    Ok(msg)
+}
+
+/// Verifies a client with a secret pgcorral holds, by the HBA method (`all`: SCRAM-SHA-256, or MD5
+/// when only an MD5 hash is known). Does not send AuthenticationOk: the caller does, once a backend
+/// is ready. Returns what the exchange taught about logging in to PostgreSQL as that user.
+pub fn authenticate_client(
+    fd: RawFd,
+    method: HbaMethod,
+    user: &str,
+    secret: &ClientSecret,
+    rng: &dyn ring::rand::SecureRandom,
+    deadline: Instant,
+) -> Result<Option<BackendCredential>, AuthError> {
+    #[derive(PartialEq)]
+    enum Use {
+        Cleartext,
+        Md5,
+        Scram,
+    }
+    let how = match method {
+        HbaMethod::Trust => return Ok(None),
+        HbaMethod::Reject => {
+            return Err(AuthError::refuse("28000", "rejected by pgcorral_hba.conf"))
+        }
+        HbaMethod::Password => Use::Cleartext,
+        // As PostgreSQL does: md5 in the HBA file with a SCRAM secret means SCRAM.
+        HbaMethod::Md5 => match secret {
+            ClientSecret::Scram(_) => Use::Scram,
+            _ => Use::Md5,
+        },
+        HbaMethod::ScramSha256 => Use::Scram,
+        HbaMethod::All => match secret {
+            ClientSecret::Md5(_) => Use::Md5,
+            _ => Use::Scram,
+        },
+    };
+    let mut out = Vec::with_capacity(128);
+    match how {
+        Use::Cleartext => {
+            messages::authentication_cleartext(&mut out);
+            write_all(fd, &out, deadline)?;
+            let msg = read_client_response(fd, deadline)?;
+            let given = messages::parse_password(&msg.body)
+                .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
+            let given = std::str::from_utf8(given).map_err(|_| auth_failed(user))?;
+            let ok = match secret {
+                ClientSecret::Password(p) => io::constant_time_eq(given.as_bytes(), p.as_bytes()),
+                ClientSecret::Md5(h) => {
+                    io::constant_time_eq(md5_password_hash(user, given).as_bytes(), h.as_bytes())
+                }
+                ClientSecret::Scram(s) => {
+                    let derived = ScramSecret::from_password(given, &s.salt, s.iterations);
+                    io::constant_time_eq(&derived.stored_key, &s.stored_key)
+                        && io::constant_time_eq(&derived.server_key, &s.server_key)
+                }
+            };
+            if !ok {
+                return Err(auth_failed(user));
+            }
+            Ok(Some(BackendCredential::Password(given.to_string())))
+        }
+        Use::Md5 => {
+            let salt: [u8; 4] = random_bytes(rng)?;
+            messages::authentication_md5(&mut out, salt);
+            write_all(fd, &out, deadline)?;
+            let msg = read_client_response(fd, deadline)?;
+            let answer = messages::parse_password(&msg.body)
+                .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
+            let stored = match secret {
+                ClientSecret::Password(p) => md5_password_hash(user, p),
+                ClientSecret::Md5(h) => h.clone(),
+                ClientSecret::Scram(_) => return Err(auth_failed(user)),
+            };
+            if !io::constant_time_eq(md5_salted(&stored, salt).as_bytes(), answer) {
+                return Err(auth_failed(user));
+            }
+            Ok(Some(BackendCredential::Md5Hash(stored)))
+        }
+        Use::Scram => {
+            let server_secret = match secret {
+                ClientSecret::Password(p) => {
+                    // A fresh salt per client: nothing the client sees is reusable elsewhere.
+                    let salt: [u8; 16] = random_bytes(rng)?;
+                    ScramSecret::from_password(p, &salt, 4096)
+                }
+                ClientSecret::Scram(s) => s.clone(),
+                ClientSecret::Md5(_) => {
+                    log::info!(
+                        "user \"{user}\" has only an MD5 secret; scram-sha-256 cannot be verified"
+                    );
+                    return Err(auth_failed(user));
+                }
+            };
+            let server_key = server_secret.server_key;
+            let mut scram = ScramServer::new(server_secret, rng);
+            scram_sasl(&mut out, &["SCRAM-SHA-256"]);
+            write_all(fd, &out, deadline)?;
+            let first = read_client_response(fd, deadline)?;
+            let (mechanism, data) = parse_sasl_initial_response(&first.body)
+                .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
+            if mechanism != "SCRAM-SHA-256" {
+                return Err(AuthError::refuse(
+                    "28000",
+                    format!(
+                        "client selected an invalid SASL authentication mechanism \"{mechanism}\""
+                    ),
+                ));
+            }
+            let server_first = scram
+                .handle_client_first(data)
+                .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
+            out.clear();
+            authentication_sasl_continue(&mut out, &server_first);
+            write_all(fd, &out, deadline)?;
+            let last = read_client_response(fd, deadline)?;
+            let (server_final, client_key) = match scram.handle_client_final(&last.body) {
+                Ok(r) => r,
+                Err(WireError::AuthFailed) => return Err(auth_failed(user)),
+                Err(e) => return Err(AuthError::refuse("08P01", e.to_string())),
+            };
+            out.clear();
+            authentication_sasl_final(&mut out, &server_final);
+            write_all(fd, &out, deadline)?;
+            Ok(Some(BackendCredential::ScramKeys {
+                client_key,
+                server_key,
+            }))
+        }
+    }
+}
+
+fn scram_sasl(out: &mut Vec<u8>, mechanisms: &[&str]) {
+    authentication_sasl(out, mechanisms);
+}
+
+/// Sends the startup to a new backend and authenticates as the user with `credential`, whatever the
+/// server asks; collects its ParameterStatus messages and key up to ReadyForQuery. Nothing is sent to
+/// the client. A server error becomes [`AuthError::Server`] with the server's SQLSTATE.
+pub fn login_backend_as_pooler(
+    server: RawFd,
+    startup: &StartupMessage,
+    credential: &BackendCredential,
+    rng: &dyn ring::rand::SecureRandom,
+    deadline: Instant,
+) -> Result<BackendLogin, AuthError> {
+    let user = startup.user().unwrap_or("");
+    write_all(server, &startup.encode(), deadline)?;
+    let mut login = BackendLogin {
+        method: AuthMethod::Pooler,
+        password_salt: [0; 16],
+        password_hash: [0; 32],
+        params: Vec::new(),
+        backend_key: (0, 0),
+    };
+    let mut scram: Option<ScramClient> = None;
+    let mut out = Vec::with_capacity(256);
+    let missing = |what: &str| {
+        AuthError::refuse(
+            "28000",
+            format!("the server asks for {what} authentication for user \"{user}\", which pgcorral cannot do with the secret it holds"),
+        )
+    };
+    loop {
+        let msg = read_message(server, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
+        out.clear();
+        match msg.tag {
+            tag::AUTHENTICATION => {
+                let auth = Authentication::parse(&msg.body)
+                    .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
+                match auth {
+                    Authentication::Ok => {}
+                    Authentication::CleartextPassword => match credential {
+                        BackendCredential::Password(p) => messages::password(&mut out, p),
+                        _ => return Err(missing("password")),
+                    },
+                    Authentication::Md5Password { salt } => {
+                        let stored = match credential {
+                            BackendCredential::Password(p) => md5_password_hash(user, p),
+                            BackendCredential::Md5Hash(h) => h.clone(),
+                            BackendCredential::ScramKeys { .. } => return Err(missing("md5")),
+                        };
+                        messages::password(&mut out, &md5_salted(&stored, salt));
+                    }
+                    Authentication::Sasl { mechanisms } => {
+                        let offered = parse_sasl_mechanisms(mechanisms)
+                            .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
+                        if !offered.iter().any(|m| *m == b"SCRAM-SHA-256") {
+                            return Err(missing("SASL (without SCRAM-SHA-256)"));
+                        }
+                        let client = match credential {
+                            BackendCredential::Password(p) => ScramClient::new(p, rng),
+                            BackendCredential::ScramKeys {
+                                client_key,
+                                server_key,
+                            } => ScramClient::with_keys(*client_key, *server_key, rng),
+                            BackendCredential::Md5Hash(_) => return Err(missing("scram-sha-256")),
+                        }
+                        .map_err(|e| AuthError::refuse("58000", e.to_string()))?;
+                        sasl_initial_response(&mut out, "SCRAM-SHA-256", &client.client_first());
+                        scram = Some(client);
+                    }
+                    Authentication::SaslContinue { data } => {
+                        let Some(client) = scram.as_mut() else {
+                            return Err(missing("out-of-order SASL"));
+                        };
+                        let reply = client.handle_server_first(data).map_err(|e| {
+                            AuthError::refuse("08P01", format!("SCRAM with the server: {e}"))
+                        })?;
+                        sasl_response(&mut out, &reply);
+                    }
+                    Authentication::SaslFinal { data } => {
+                        let Some(client) = scram.as_ref() else {
+                            return Err(missing("out-of-order SASL"));
+                        };
+                        client.verify_server_final(data).map_err(|e| {
+                            AuthError::refuse("08P01", format!("the server's SCRAM signature: {e}"))
+                        })?;
+                    }
+                    Authentication::Other { code } => {
+                        return Err(missing(&format!("method {code}")))
+                    }
+                }
+                if !out.is_empty() {
+                    write_all(server, &out, deadline)?;
+                }
+            }
+            tag::PARAMETER_STATUS => msg.encode_into(&mut login.params),
+            tag::BACKEND_KEY_DATA => {
+                login.backend_key = messages::parse_backend_key_data(&msg.body)
+                    .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
+            }
+            tag::READY_FOR_QUERY => return Ok(login),
+            tag::ERROR_RESPONSE => {
+                let e = messages::ReceivedError::parse(&msg.body);
+                return Err(AuthError::Server {
+                    code: String::from_utf8_lossy(e.code).into_owned(),
+                    message: String::from_utf8_lossy(e.message).into_owned(),
+                });
+            }
+            tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
+            other => {
+                return Err(AuthError::refuse(
+                    "08P01",
+                    format!(
+                        "unexpected message type {} from the server during login",
+                        other as char
+                    ),
+                ))
+            }
+        }
     }
 }

@@ -43,6 +43,47 @@ pub fn run(ctx: &Context, client: OwnedFd, peer: Option<IpAddr>) -> i32 {
     }
 }
 
+/// The secret pgcorral verifies this client with: the vault's (frontend or backend) password, or the
+/// role's secret from auth_query. `None`: pass-through authentication.
+fn held_secret(
+    ctx: &Context,
+    user: &str,
+    database: &str,
+    rng: &SystemRandom,
+) -> Result<Option<security::ClientSecret>, AuthError> {
+    if let Some(p) = ctx.secrets.client_password(user) {
+        return Ok(Some(security::ClientSecret::Password(p.to_string())));
+    }
+    if ctx.config.main.auth_query && ctx.secrets.superuser().is_some() {
+        let stored = crate::auth_query::fetch_secret(ctx, user, database, rng)?;
+        return Ok(Some(
+            match stored
+                .as_deref()
+                .and_then(security::ClientSecret::from_stored)
+            {
+                Some(secret) => secret,
+                None => {
+                    // No such role (or no usable secret): run the exchange against a random secret, so the
+                    // client gets 28P01 like for a wrong password and learns nothing about the role.
+                    let mut noise = [0u8; 16];
+                    let _ = rng.fill(&mut noise);
+                    let pw: String = noise.iter().map(|b| format!("{b:02x}")).collect();
+                    security::ClientSecret::Password(pw)
+                }
+            },
+        ));
+    }
+    if !ctx.config.main.allow_unknown_users && !ctx.secrets.is_empty() {
+        return Err(AuthError::refuse(
+            "28000",
+            format!(
+                "user \"{user}\" is not in pgcorral's users file and allow_unknown_users is off"
+            ),
+        ));
+    }
+    Ok(None)
+}
+
 fn host_name(peer: Option<IpAddr>) -> String {
     match peer {
         Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
@@ -58,6 +99,13 @@ fn report(fd: RawFd, peer: Option<IpAddr>, e: &AuthError) {
     match e {
         AuthError::Refuse { code, message } => {
             log::info!("client {}: refused ({code}): {message}", host_name(peer));
+            send_fatal(fd, code, message);
+        }
+        AuthError::Server { code, message } => {
+            log::info!(
+                "client {}: the server refused pgcorral's login ({code}): {message}",
+                host_name(peer)
+            );
             send_fatal(fd, code, message);
         }
         AuthError::ServerRefused(m) => log::info!(
@@ -147,7 +195,41 @@ fn serve(
     let options = startup.get("options").unwrap_or("").to_string();
     let key = PoolKey::new(&user, &database, &options);
     let rule = ctx.config.find_limit(&database, &user);
-    let policy = security::reuse_policy(method);
+    let rng = SystemRandom::new();
+    // pgcorral verifies the client itself when it holds (or can fetch) the user's secret.
+    let held = match held_secret(ctx, &user, &database, &rng) {
+        Ok(h) => h,
+        Err(e) => {
+            report(fd, peer, &e);
+            return 1;
+        }
+    };
+    let mut backend_credential = None;
+    if let Some(secret) = &held {
+        match security::authenticate_client(fd, method, &user, secret, &rng, auth_deadline) {
+            Ok(learned) => {
+                backend_credential = match ctx.secrets.backend_password(&user) {
+                    Some(p) => Some(security::BackendCredential::Password(p.to_string())),
+                    None => learned,
+                }
+            }
+            Err(e) => {
+                if matches!(e, AuthError::Refuse { code: "28P01", .. }) {
+                    // A cached secret may be stale (the role's password changed): fetch it next time.
+                    ctx.region.forget_secret(&user);
+                }
+                report(fd, peer, &e);
+                return 1;
+            }
+        }
+    }
+    let verified_by_pooler = held.is_some();
+    let any: fn(&SlotData) -> bool = |_| true;
+    let policy = if verified_by_pooler {
+        Some(any)
+    } else {
+        security::reuse_policy(method)
+    };
     let reusable: Option<&dyn Fn(&SlotData) -> bool> =
         policy.as_ref().map(|f| f as &dyn Fn(&SlotData) -> bool);
     let checkout = match pool::checkout(ctx, &key, rule, reusable, ctx.config.main.blocking_timeout)
@@ -164,7 +246,6 @@ fn serve(
     let mut lease = checkout.lease;
     let slot = ctx.region.slot(lease.slot);
     let slot_data = ctx.region.slot_data(lease.slot);
-    let rng = SystemRandom::new();
     let mut secret = [0u8; 4];
     if rng.fill(&mut secret).is_err() {
         pool::kill(ctx, lease);
@@ -178,7 +259,43 @@ fn serve(
     };
     let server = &ctx.config.servers[server_index];
     let poolable;
-    if lease.fresh {
+    if lease.fresh && verified_by_pooler {
+        let Some(credential) = backend_credential.as_ref() else {
+            pool::kill(ctx, lease);
+            return refuse(
+                fd,
+                peer,
+                "28000",
+                format!("pgcorral holds no secret to log in to the server as user \"{user}\""),
+            );
+        };
+        let login = match backend::open_as_pooler(
+            ctx,
+            &mut lease,
+            &startup,
+            credential,
+            &rng,
+            auth_deadline,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                pool::kill(ctx, lease);
+                report(fd, peer, &e);
+                return 1;
+            }
+        };
+        let mut greeting = Vec::with_capacity(512 + login.params.len());
+        messages::authentication_ok(&mut greeting);
+        greeting.extend_from_slice(&login.params);
+        messages::backend_key_data(&mut greeting, client_key.0, client_key.1);
+        messages::ready_for_query(&mut greeting, b'I');
+        slot.set_client_key(client_key.0, client_key.1);
+        if write_all(fd, &greeting, auth_deadline).is_err() {
+            pool::give_back(ctx, lease);
+            return 1;
+        }
+        poolable = true;
+    } else if lease.fresh {
         slot.set_server(server_index);
         slot_data.with_data_mut(|d| {
             d.user.set(user.as_bytes());
@@ -225,27 +342,20 @@ fn serve(
                 return 1;
             }
         };
-        let mut recorded = true;
-        slot_data.with_data_mut(|d| {
-            d.auth_method = login.method as u8;
-            d.password_salt = login.password_salt;
-            d.password_hash = login.password_hash;
-            recorded &= d.startup.set(&encode_params(&startup));
-            recorded &= d.params.set(&login.params);
-        });
-        slot.set_backend_key(login.backend_key.0, login.backend_key.1);
+        let recorded = backend::record_new_backend(ctx, lease.slot, &startup, &login);
         slot.set_client_key(client_key.0, client_key.1);
-        if !slot.transition(SlotState::Init, SlotState::InUse) {
-            log::error!("slot {}: state changed under its owner", lease.slot);
-        }
         // md5 and SCRAM answers are never replayed: such backends serve one client and close.
         poolable = recorded && matches!(login.method, AuthMethod::Trust | AuthMethod::Password);
     } else {
         let record = slot_data.data();
-        if let Err(e) = security::verify_pooled_client(fd, method, &record, &user, auth_deadline) {
-            report(fd, peer, &e);
-            pool::give_back(ctx, lease);
-            return 1;
+        if !verified_by_pooler {
+            if let Err(e) =
+                security::verify_pooled_client(fd, method, &record, &user, auth_deadline)
+            {
+                report(fd, peer, &e);
+                pool::give_back(ctx, lease);
+                return 1;
+            }
         }
         let server_fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let setup = setup_sql(&startup, &record);
@@ -328,21 +438,6 @@ fn serve(
         pool::kill(ctx, lease);
     }
     0
-}
-
-/// Startup parameters worth recording for a backend (what SET can change later).
-fn encode_params(startup: &StartupMessage) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in &startup.params {
-        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
-            continue;
-        }
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
 }
 
 fn decode_params(bytes: &[u8]) -> Vec<(&str, &str)> {
@@ -466,7 +561,7 @@ mod tests {
 
     fn record_for(s: &StartupMessage) -> SlotData {
         let mut d = SlotData::default();
-        d.startup.set(&encode_params(s));
+        d.startup.set(&backend::encode_params(s));
         d
     }
 
