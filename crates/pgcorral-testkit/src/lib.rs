@@ -26,5 +26,5 @@ mod util;
 pub use cluster::{
     PgCluster, Role, BENCH_USER, MD5_USER, PASSWORD_USER, SCRAM_USER, TEST_DB, TRUST_USER,
 };
-pub use pooler::{pgcorral_binary, Pgcorral, PgcorralOptions, StartFailure};
+pub use pooler::{pgcorral_binary, Pgcorral, PgcorralOptions, StartFailure, Vault};
 pub use util::{free_port, pg_bin, pid_alive, psql, psql_unix, wait_until, TempDir};

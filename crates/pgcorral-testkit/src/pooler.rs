@@ -32,6 +32,56 @@ pub struct PgcorralOptions {
     /// Extra `key = value` lines for the `[pgcorral]` section. A line whose key is one the kit
     /// writes itself (e.g. `max_connections`) replaces the kit's line in place.
     pub extra_main: Vec<String>,
+    /// User files to encrypt and pass with `-u`, `-F` and `-S` (default none).
+    pub vault: Option<Vault>,
+}
+
+/// The users pgcorral gets secrets for: written with a fresh master key under the daemon's home.
+#[derive(Debug, Clone, Default)]
+pub struct Vault {
+    /// Backend passwords (`-u`).
+    pub users: Vec<(String, String)>,
+    /// Frontend passwords (`-F`; omitted when empty).
+    pub frontend: Vec<(String, String)>,
+    /// The auth_query superuser (`-S`).
+    pub superuser: Option<(String, String)>,
+}
+
+impl Vault {
+    /// A vault with backend passwords for `users`.
+    pub fn users(users: &[(&str, &str)]) -> Vault {
+        Vault {
+            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Writes master.key under `home` and the user files into `dir`; returns the daemon's extra arguments.
+fn write_vault(v: &Vault, dir: &Path, home: &Path) -> Vec<String> {
+    use pgcorral_vault::{MasterKey, UsersFile};
+    let key_path = home.join("master.key");
+    MasterKey::create(&key_path, "testkit master passphrase").expect("create master.key");
+    let key = MasterKey::load(&key_path).expect("load master.key");
+    let mut args = Vec::new();
+    let mut write = |flag: &str, name: &str, entries: &[(String, String)]| {
+        let path = dir.join(name);
+        let mut f = UsersFile::empty(&path);
+        for (u, p) in entries {
+            f.add(u, &key.encrypt(p)).expect("add user");
+        }
+        f.save().expect("save users file");
+        args.push(flag.to_string());
+        args.push(path.display().to_string());
+    };
+    write("-u", "pgcorral_users.conf", &v.users);
+    if !v.frontend.is_empty() {
+        write("-F", "pgcorral_frontend_users.conf", &v.frontend);
+    }
+    if let Some(su) = &v.superuser {
+        write("-S", "pgcorral_superuser.conf", std::slice::from_ref(su));
+    }
+    args
 }
 
 impl Default for PgcorralOptions {
@@ -44,6 +94,7 @@ impl Default for PgcorralOptions {
             hba: vec!["host all all all all".into(), "local all all all".into()],
             limits: Vec::new(),
             extra_main: Vec::new(),
+            vault: None,
         }
     }
 }
@@ -229,11 +280,25 @@ impl Pgcorral {
         let log = File::create(&log_path).unwrap();
         chown(&log_path, ids);
 
+        let home = dir.join(".pgcorral");
+        let vault_args = match &opts.vault {
+            Some(v) => write_vault(v, &dir, &home),
+            None => Vec::new(),
+        };
+        if ids.is_some() {
+            for entry in fs::read_dir(&dir).unwrap().flatten() {
+                chown(&entry.path(), ids);
+            }
+            if home.exists() {
+                chown(&home.join("master.key"), ids);
+            }
+        }
         let mut cmd = Command::new(&bin);
         cmd.arg("-c").arg(&conf_path).arg("-a").arg(&hba_path);
         if !opts.limits.is_empty() {
             cmd.arg("-l").arg(&limits_path);
         }
+        cmd.args(&vault_args).env("PGCORRAL_HOME_DIR", &home);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
