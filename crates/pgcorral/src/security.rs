@@ -567,6 +567,19 @@ pub fn authenticate_client(
     }
 }
 
+/// The method [`authenticate_client`] uses for an HBA method and a secret, for logs.
+pub fn effective_method_name(method: HbaMethod, secret: &ClientSecret) -> &'static str {
+    match (method, secret) {
+        (HbaMethod::Trust, _) => "trust",
+        (HbaMethod::Password, _) => "password",
+        (HbaMethod::Md5, ClientSecret::Scram(_)) => "scram-sha-256",
+        (HbaMethod::Md5, _) => "md5",
+        (HbaMethod::All, ClientSecret::Md5(_)) => "md5",
+        (HbaMethod::Reject, _) => "reject",
+        _ => "scram-sha-256",
+    }
+}
+
 fn scram_sasl(out: &mut Vec<u8>, mechanisms: &[&str]) {
     authentication_sasl(out, mechanisms);
 }

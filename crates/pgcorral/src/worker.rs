@@ -208,6 +208,10 @@ fn serve(
     if let Some(secret) = &held {
         match security::authenticate_client(fd, method, &user, secret, &rng, auth_deadline) {
             Ok(learned) => {
+                log::debug!(
+                    "client {host}: \"{user}\" authenticated by pgcorral ({})",
+                    security::effective_method_name(method, secret)
+                );
                 backend_credential = match ctx.secrets.backend_password(&user) {
                     Some(p) => Some(security::BackendCredential::Password(p.to_string())),
                     None => learned,
