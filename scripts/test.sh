@@ -38,6 +38,32 @@ fi
 # psql/pgbench must find their tools even when only PG_BIN has them.
 export PATH="$PATH:$PG_BIN"
 
+# ---- client libraries for tests/clients.rs (psycopg 3, asyncpg, node-postgres) ----------------
+# Installed only when missing, so a second run costs two quick checks.
+command -v python3 >/dev/null 2>&1 || die "python3 not found (tests/clients.rs needs it): apt-get install python3 python3-pip"
+command -v node >/dev/null 2>&1 || die "node not found (tests/clients.rs needs it): apt-get install nodejs npm"
+if ! python3 -c 'import psycopg, asyncpg' >/dev/null 2>&1; then
+    echo "==> installing psycopg 3 and asyncpg for $(command -v python3)"
+    pip_pkgs=('psycopg[binary]>=3.1' 'asyncpg>=0.29')
+    if ! pip_out=$(PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "${pip_pkgs[@]}" 2>&1); then
+        if grep -q externally-managed-environment <<<"$pip_out"; then
+            # A distribution's python3 (PEP 668) rather than a private one: allowed only here.
+            PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --break-system-packages "${pip_pkgs[@]}" ||
+                die "pip install ${pip_pkgs[*]} failed"
+        else
+            echo "$pip_out" >&2
+            die "pip install ${pip_pkgs[*]} failed"
+        fi
+    fi
+    python3 -c 'import psycopg, asyncpg' || die "psycopg/asyncpg still not importable by $(command -v python3)"
+fi
+if [ ! -d tests/clients/node_modules/pg ]; then
+    command -v npm >/dev/null 2>&1 || die "npm not found (tests/clients.rs needs node-postgres): apt-get install npm"
+    echo "==> installing node-postgres into tests/clients/node_modules"
+    npm install --no-audit --no-fund --prefix tests/clients || die "npm install --prefix tests/clients failed"
+fi
+# ---- end of client libraries -------------------------------------------------------------------
+
 echo "==> cargo fmt --all -- --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --workspace --all-targets -- -D warnings"

@@ -51,7 +51,10 @@ impl Vault {
     /// A vault with backend passwords for `users`.
     pub fn users(users: &[(&str, &str)]) -> Vault {
         Vault {
-            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
+            users: users
+                .iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
             ..Default::default()
         }
     }
