@@ -21,6 +21,8 @@ use std::time::Duration;
 mod hba;
 mod ini;
 mod limits;
+mod runtime;
+pub use runtime::MAIN_KEYS;
 mod main_conf;
 mod values;
 

@@ -6,11 +6,13 @@
 //! slots whose states move only by compare-and-swap. All the `unsafe` about shared memory in pgcorral
 //! lives in this crate; the policy (when to flush, whom to kill) lives in the daemon.
 
+mod admin;
 mod auth_cache;
 mod region;
 mod slot;
 mod wait;
 
+pub use admin::MAX_DISABLED;
 pub use auth_cache::{AUTH_CACHE_ENTRIES, SECRET_LEN};
 pub use region::{Header, Region, ShmemError, MAX_CAPACITY, MAX_RULES};
 pub use slot::{

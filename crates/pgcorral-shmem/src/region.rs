@@ -1,5 +1,6 @@
 //! The mapping itself and its header.
 
+use crate::admin::DisabledTable;
 use crate::auth_cache::{AuthCacheEntry, AUTH_CACHE_ENTRIES};
 use crate::slot::{Slot, SlotDataCell, SlotState};
 use crate::wait::{Waiter, MAX_WAITERS};
@@ -33,6 +34,9 @@ pub struct Header {
     rule_counts: [AtomicU32; MAX_RULES],
     /// Set when the daemon stops accepting clients.
     pub shutting_down: AtomicU32,
+    /// Set during a graceful shutdown (refuse new clients, let the connected ones finish).
+    pub(crate) gracefully: AtomicU32,
+    pub(crate) disabled: DisabledTable,
     /// Futex word bumped whenever a slot becomes available; waiting clients sleep on it.
     pub(crate) release_seq: AtomicU32,
     pub(crate) waiting: AtomicU32,
@@ -147,6 +151,10 @@ impl Region {
         // SAFETY: in range of the data array inside the mapping, aligned (data_at is 64-aligned and
         // SlotDataCell's alignment is at most 8); a zeroed SlotData is valid.
         unsafe { &*(self.base.add(self.data_at) as *const SlotDataCell).add(i) }
+    }
+
+    pub(crate) fn disabled_table(&self) -> &DisabledTable {
+        &self.header().disabled
     }
 
     pub(crate) fn auth_cache(&self) -> &[AuthCacheEntry] {

@@ -23,8 +23,11 @@ use std::time::{Duration, Instant};
 
 const SIGNAL: Token = Token(0);
 const MANAGEMENT: Token = Token(1);
-const FIRST_LISTENER: usize = 2;
+const CONTROL: Token = Token(2);
+const FIRST_LISTENER: usize = 3;
 const FIRST_MANAGEMENT_CONN: usize = 1000;
+/// Tokens of control connections: a range of their own, far from the transfer connections'.
+const FIRST_CONTROL_CONN: usize = 1 << 40;
 
 /// A socket clients connect to.
 pub enum Listener {
@@ -45,10 +48,18 @@ impl Listener {
 pub struct Cleanup {
     pub pidfile: Option<PathBuf>,
     pub management_socket: PathBuf,
+    pub control_socket: PathBuf,
 }
 
 pub struct Daemon {
-    ctx: Context,
+    pub(crate) ctx: Context,
+    pub(crate) files: crate::management::Files,
+    control: UnixListener,
+    control_conns: HashMap<Token, crate::management::ControlConn>,
+    next_control_token: usize,
+    /// Children that are not client workers (prefill, cancel jobs).
+    helpers: HashSet<i32>,
+    graceful_deadline: Option<Instant>,
     poll: Poll,
     listeners: Vec<Listener>,
     management: OwnedFd,
@@ -72,8 +83,10 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 impl Daemon {
     pub fn new(
         ctx: Context,
+        files: crate::management::Files,
         listeners: Vec<Listener>,
         management: OwnedFd,
+        control: UnixListener,
         signal_pipe: (OwnedFd, OwnedFd),
         cleanup: Cleanup,
     ) -> io::Result<Daemon> {
@@ -95,8 +108,19 @@ impl Daemon {
                 Interest::READABLE,
             )?;
         }
+        poll.registry().register(
+            &mut SourceFd(&control.as_raw_fd()),
+            CONTROL,
+            Interest::READABLE,
+        )?;
         Ok(Daemon {
             ctx,
+            files,
+            control,
+            control_conns: HashMap::new(),
+            next_control_token: FIRST_CONTROL_CONN,
+            helpers: HashSet::new(),
+            graceful_deadline: None,
             poll,
             listeners,
             management,
@@ -135,20 +159,35 @@ impl Daemon {
                 match ev.token() {
                     SIGNAL => self.on_signals(),
                     MANAGEMENT => self.accept_management(),
+                    CONTROL => self.accept_control(),
+                    Token(t) if t >= FIRST_CONTROL_CONN => self.serve_control(Token(t)),
                     Token(t) if t >= FIRST_MANAGEMENT_CONN => self.serve_management(Token(t)),
                     Token(t) => self.accept_clients(t - FIRST_LISTENER),
                 }
             }
+            if self.stopping.is_none() && self.ctx.region.gracefully() {
+                if self.workers.is_empty() {
+                    log::info!("graceful shutdown: the last client left");
+                    self.begin_stop();
+                } else if self.graceful_deadline.is_some_and(|d| Instant::now() >= d) {
+                    log::info!(
+                        "graceful shutdown timed out with {} client(s): stopping now",
+                        self.workers.len()
+                    );
+                    self.begin_stop();
+                }
+            }
+            self.expire_control();
             if self.stopping.is_none() && Instant::now() >= self.next_maintenance {
                 self.maintenance();
                 self.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
             }
             if let Some(deadline) = self.stopping {
-                if self.workers.is_empty() {
+                if self.workers.is_empty() && self.helpers.is_empty() {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    for &pid in &self.workers {
+                    for &pid in self.workers.iter().chain(&self.helpers) {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                     self.reap(true);
@@ -165,15 +204,67 @@ impl Daemon {
             match Signal::try_from(sig as i32) {
                 Ok(Signal::SIGCHLD) => self.reap(false),
                 Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) | Ok(Signal::SIGALRM) => self.begin_stop(),
-                Ok(Signal::SIGHUP) => {
-                    log::info!("SIGHUP: configuration reload is not supported yet; ignored")
+                Ok(Signal::SIGTRAP) => self.begin_graceful(None),
+                Ok(Signal::SIGHUP) => match self.reload() {
+                    Ok((warnings, _)) => {
+                        for w in warnings {
+                            log::warn!("{w}");
+                        }
+                    }
+                    Err(crate::management::ReloadError::Restart(keys)) => log::warn!(
+                        "configuration reload denied: restart required for {}; running state preserved",
+                        keys.join(", ")
+                    ),
+                    Err(crate::management::ReloadError::Invalid(e)) => {
+                        log::warn!("configuration reload denied: {e}; running state preserved")
+                    }
+                },
+                Ok(Signal::SIGUSR1) => crate::logging::reopen(),
+                Ok(Signal::SIGABRT) => {
+                    let status = self.control(br#"{"version":1,"command":"status","args":{"details":true}}"#);
+                    log::error!("SIGABRT: pool status before abort: {status}");
+                    crate::signals::abort_now();
                 }
                 _ => {}
             }
         }
     }
 
-    fn begin_stop(&mut self) {
+    /// Refuses new clients and stops when the last connected one leaves (or at `timeout`).
+    pub(crate) fn begin_graceful(&mut self, timeout: Option<Duration>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        log::info!(
+            "graceful shutdown: refusing new clients, {} connected",
+            self.workers.len()
+        );
+        self.ctx.region.set_gracefully(true);
+        self.graceful_deadline = timeout.map(|t| Instant::now() + t);
+    }
+
+    /// Undoes a graceful shutdown that has not finished.
+    pub(crate) fn cancel_graceful(&mut self) {
+        if self.ctx.region.gracefully() {
+            log::info!("graceful shutdown cancelled");
+        }
+        self.ctx.region.set_gracefully(false);
+        self.graceful_deadline = None;
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.is_some()
+    }
+
+    pub(crate) fn client_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub(crate) fn is_client(&self, pid: i32) -> bool {
+        self.workers.contains(&pid)
+    }
+
+    pub(crate) fn begin_stop(&mut self) {
         if self.stopping.is_some() {
             return;
         }
@@ -190,7 +281,7 @@ impl Daemon {
                 let _ = std::fs::remove_file(path);
             }
         }
-        for &pid in &self.workers {
+        for &pid in self.workers.iter().chain(&self.helpers) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
         // Waiting clients sleep on the futex: wake them so they see the flag.
@@ -233,9 +324,11 @@ impl Daemon {
             self.signal_pipe.0.as_raw_fd(),
             self.signal_pipe.1.as_raw_fd(),
             self.management.as_raw_fd(),
+            self.control.as_raw_fd(),
         ];
         fds.extend(self.listeners.iter().map(Listener::raw));
         fds.extend(self.management_conns.values().map(|c| c.as_raw_fd()));
+        fds.extend(self.control_conns.values().map(|c| c.stream.as_raw_fd()));
         fds
     }
 
@@ -308,7 +401,7 @@ impl Daemon {
                 std::process::exit(0);
             }
             Ok(ForkResult::Parent { child }) => {
-                self.workers.insert(child.as_raw());
+                self.helpers.insert(child.as_raw());
                 Some(child.as_raw())
             }
             Err(e) => {
@@ -342,7 +435,10 @@ impl Daemon {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break,
             }
-            if block && (self.workers.is_empty() || Instant::now() >= deadline) {
+            if block
+                && ((self.workers.is_empty() && self.helpers.is_empty())
+                    || Instant::now() >= deadline)
+            {
                 break;
             }
         }
@@ -352,6 +448,7 @@ impl Daemon {
     /// and the slot freed; its place in the wait queue is dropped.
     fn child_gone(&mut self, pid: i32) {
         self.workers.remove(&pid);
+        self.helpers.remove(&pid);
         if self.prefill == Some(pid) {
             self.prefill = None;
         }
@@ -494,6 +591,95 @@ impl Daemon {
         }
     }
 
+    fn accept_control(&mut self) {
+        loop {
+            match self.control.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let token = Token(self.next_control_token);
+                    self.next_control_token += 1;
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut SourceFd(&stream.as_raw_fd()),
+                            token,
+                            Interest::READABLE,
+                        )
+                        .is_ok()
+                    {
+                        let deadline = Instant::now() + crate::management::REQUEST_TIMEOUT;
+                        self.control_conns.insert(
+                            token,
+                            crate::management::ControlConn {
+                                stream,
+                                buf: Vec::new(),
+                                deadline,
+                            },
+                        );
+                        self.serve_control(token);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("control accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve_control(&mut self, token: Token) {
+        let Some(conn) = self.control_conns.get_mut(&token) else {
+            return;
+        };
+        match conn.read_request() {
+            Ok(None) => {}
+            Ok(Some(request)) => {
+                let response = self.control(&request);
+                if let Some(mut conn) = self.close_control(token) {
+                    conn.respond(&response);
+                }
+            }
+            Err(e) => {
+                log::warn!("control connection: {e}");
+                if let Some(mut conn) = self.close_control(token) {
+                    conn.respond(&serde_json::json!({"version": crate::management::VERSION, "command": "", "status": "error", "error": e}));
+                }
+            }
+        }
+    }
+
+    fn close_control(&mut self, token: Token) -> Option<crate::management::ControlConn> {
+        let conn = self.control_conns.remove(&token)?;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+        Some(conn)
+    }
+
+    /// Drops control connections that did not send a whole request in time.
+    fn expire_control(&mut self) {
+        let now = Instant::now();
+        let late: Vec<Token> = self
+            .control_conns
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            log::warn!(
+                "control connection: no whole request within {:?}; closed",
+                crate::management::REQUEST_TIMEOUT
+            );
+            self.close_control(t);
+        }
+    }
+
     fn close_management(&mut self, token: Token) {
         if let Some(conn) = self.management_conns.remove(&token) {
             let _ = self
@@ -515,6 +701,7 @@ impl Daemon {
             }
         }
         let _ = std::fs::remove_file(&self.cleanup.management_socket);
+        let _ = std::fs::remove_file(&self.cleanup.control_socket);
         if let Some(p) = &self.cleanup.pidfile {
             let _ = std::fs::remove_file(p);
         }

@@ -6,6 +6,8 @@ mod backend;
 mod context;
 mod daemon;
 mod io;
+mod logging;
+mod management;
 mod pipeline;
 mod pool;
 mod prefill;
@@ -72,40 +74,6 @@ struct Cli {
 fn fail(message: impl std::fmt::Display) -> ! {
     eprintln!("pgcorral: {message}");
     std::process::exit(1);
-}
-
-fn init_logging(config: &Config) {
-    let mut builder = env_logger::Builder::new();
-    builder.filter_level(config.main.log_level.to_filter());
-    builder.format(|buf, record| {
-        writeln!(
-            buf,
-            "{} {:<5} [{}] {}",
-            buf.timestamp_seconds(),
-            record.level(),
-            std::process::id(),
-            record.args()
-        )
-    });
-    match config.main.log_type {
-        LogType::Console => {
-            builder.target(env_logger::Target::Stderr);
-        }
-        LogType::File => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&config.main.log_path)
-                .unwrap_or_else(|e| {
-                    fail(format!(
-                        "cannot open log_path {}: {e}",
-                        config.main.log_path.display()
-                    ))
-                });
-            builder.target(env_logger::Target::Pipe(Box::new(file)));
-        }
-    }
-    builder.init();
 }
 
 fn listen_addresses(host: &str, port: u16) -> Vec<SocketAddr> {
@@ -289,7 +257,7 @@ fn main() {
     if cli.daemon && config.main.log_type == LogType::Console {
         fail("-d (daemon mode) needs log_type = file: a daemon has no console to log to");
     }
-    init_logging(&config);
+    logging::init(&config).unwrap_or_else(|e| fail(e));
     for w in &warnings {
         log::warn!("{w}");
     }
@@ -347,11 +315,21 @@ fn main() {
     }
     let management_path = main
         .unix_socket_dir
-        .join(format!(".s.pgcorral.{}", main.port));
+        .join(format!(".s.pgcorral.tu.{}", main.port));
     let management = management_listener(&management_path).unwrap_or_else(|e| {
         remove_pidfile_and_fail(format!(
-            "cannot create the management socket {}: {e}",
+            "cannot create the transfer socket {}: {e}",
             management_path.display()
+        ))
+    });
+    // The control socket (pgcorral-ctl): only the pgcorral user may use it.
+    let control_path = main
+        .unix_socket_dir
+        .join(format!(".s.pgcorral.{}", main.port));
+    let control = unix_listener(&control_path, 0o600).unwrap_or_else(|e| {
+        remove_pidfile_and_fail(format!(
+            "cannot create the control socket {}: {e}",
+            control_path.display()
         ))
     });
     let region = Region::create(main.max_connections)
@@ -376,6 +354,16 @@ fn main() {
     let cleanup = daemon::Cleanup {
         pidfile: Some(pidfile.clone()),
         management_socket: management_path.clone(),
+        control_socket: control_path.clone(),
+    };
+    let files = management::Files {
+        main: conf.clone(),
+        hba: hba.clone(),
+        limits: limits.clone(),
+        users: cli.users.clone(),
+        frontend: cli.frontend.clone(),
+        admins: cli.admins.clone(),
+        superuser: cli.superuser.clone(),
     };
     let ctx = context::Context {
         config,
@@ -384,7 +372,15 @@ fn main() {
         management_path,
         secrets,
     };
-    let daemon = daemon::Daemon::new(ctx, listeners, management, signal_pipe, cleanup)
-        .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));
+    let daemon = daemon::Daemon::new(
+        ctx,
+        files,
+        listeners,
+        management,
+        control,
+        signal_pipe,
+        cleanup,
+    )
+    .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));
     std::process::exit(daemon.run());
 }

@@ -33,12 +33,15 @@ fn install(sig: Signal, handler: SigHandler, flags: SaFlags) -> nix::Result<()> 
 }
 
 /// The signals main reacts to.
-pub const MAIN_SIGNALS: [Signal; 5] = [
+pub const MAIN_SIGNALS: [Signal; 8] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGCHLD,
     Signal::SIGHUP,
     Signal::SIGALRM,
+    Signal::SIGTRAP,
+    Signal::SIGUSR1,
+    Signal::SIGABRT,
 ];
 
 /// Creates the self-pipe and routes main's signals into it; returns the read end.
@@ -72,7 +75,20 @@ pub fn install_worker() {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
         let _ = install(sig, SigHandler::Handler(request_stop), SaFlags::empty());
     }
-    for sig in [Signal::SIGCHLD, Signal::SIGHUP, Signal::SIGALRM] {
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+        Signal::SIGALRM,
+        Signal::SIGTRAP,
+        Signal::SIGUSR1,
+        Signal::SIGABRT,
+    ] {
         let _ = install(sig, SigHandler::SigDfl, SaFlags::empty());
     }
+}
+
+/// Aborts with a core dump (SIGABRT's default action), after main logged the pool status.
+pub fn abort_now() -> ! {
+    let _ = install(Signal::SIGABRT, SigHandler::SigDfl, SaFlags::empty());
+    std::process::abort()
 }

@@ -168,7 +168,7 @@ fn serve(
     }
     let requested_db = startup.database().to_string();
     let host = host_name(peer);
-    if ctx.region.header().shutting_down.load(Ordering::Acquire) != 0 {
+    if ctx.region.header().shutting_down.load(Ordering::Acquire) != 0 || ctx.region.gracefully() {
         return refuse(fd, peer, "57P03", "pgcorral is shutting down".into());
     }
     let Some(hba) = ctx.config.find_hba(peer, &requested_db, &user, false) else {
@@ -189,6 +189,14 @@ fn serve(
         );
     }
     let database = ctx.config.resolve_database(&requested_db).to_string();
+    if ctx.region.is_disabled(&database) {
+        return refuse(
+            fd,
+            peer,
+            "57P03",
+            format!("database \"{database}\" is disabled by pgcorral"),
+        );
+    }
     if database != requested_db {
         startup.set("database", &database);
     }
@@ -523,7 +531,7 @@ fn merged_params(recorded: &[u8], changed: &[(String, String)]) -> Vec<(String, 
 /// matches no client is dropped, as PostgreSQL does.
 fn forward_cancel(ctx: &Context, pid: i32, secret: i32) {
     for (i, slot) in ctx.region.slots() {
-        if slot.state() != SlotState::InUse {
+        if !matches!(slot.state(), SlotState::InUse | SlotState::Gracefully) {
             continue;
         }
         let (cpid, csecret) = slot.client_key();
