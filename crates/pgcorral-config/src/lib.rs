@@ -148,6 +148,8 @@ pub struct MainConfig {
     pub server_reset_query: String,
     /// `None`: the daemon uses `unix_socket_dir/pgcorral.<port>.pid`.
     pub pidfile: Option<PathBuf>,
+    /// Remote management TCP port (0 = off): the control protocol after SCRAM against the admins file.
+    pub management: u16,
     /// Users not in the users vault may log in with pass-through authentication (default on).
     pub allow_unknown_users: bool,
     /// Look up the secret of users not in the vault in PostgreSQL, as the `-S` superuser.

@@ -27,7 +27,6 @@ const UNSUPPORTED_MAIN_KEYS: &[&str] = &[
     "metrics_cert_file",
     "metrics_key_file",
     "metrics_ca_file",
-    "management",
     "console",
     "log_rotation_age",
     "log_rotation_size",
@@ -229,6 +228,7 @@ fn parse_main(
     let mut backlog = None;
     let mut server_reset_query = "DISCARD ALL".to_string();
     let mut pidfile = None;
+    let mut management = 0u16;
     let mut allow_unknown_users = true;
     let mut auth_query = false;
     let mut auth_query_function = String::new();
@@ -304,6 +304,9 @@ fn parse_main(
                 )
             }
             "server_reset_query" => server_reset_query = value.to_string(),
+            "management" => {
+                management = parse_uint(value, 0, 65535).map_err(|r| bad(path, entry, r))? as u16
+            }
             "allow_unknown_users" => {
                 allow_unknown_users = parse_bool(value).map_err(|r| bad(path, entry, r))?
             }
@@ -378,6 +381,7 @@ fn parse_main(
         backlog,
         server_reset_query,
         pidfile,
+        management,
         allow_unknown_users,
         auth_query,
         auth_query_function,

@@ -29,6 +29,7 @@ impl Config {
         check("pipeline", a.pipeline != b.pipeline);
         check("log_type", a.log_type != b.log_type);
         check("pidfile", a.pidfile != b.pidfile);
+        check("management", a.management != b.management);
         let servers = |c: &Config| -> Vec<(String, String, u16)> {
             c.servers
                 .iter()
@@ -72,6 +73,7 @@ pub const MAIN_KEYS: &[&str] = &[
     "backlog",
     "server_reset_query",
     "pidfile",
+    "management",
     "allow_unknown_users",
     "auth_query",
     "auth_query_function",
@@ -121,6 +123,7 @@ impl MainConfig {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
+            "management" => self.management.to_string(),
             "allow_unknown_users" => on_off(self.allow_unknown_users),
             "auth_query" => on_off(self.auth_query),
             "auth_query_function" => self.auth_query_function.clone(),

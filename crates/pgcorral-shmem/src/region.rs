@@ -223,32 +223,43 @@ impl Region {
         }
     }
 
-    /// Takes a NOTINIT slot into INIT for a new backend; the caller must have reserved room first.
-    pub fn claim_empty_slot(&self, owner: i32) -> Option<usize> {
+    /// Takes a NOTINIT slot into INIT for a new backend counted against `rule`; the caller must have
+    /// reserved room first. The rule is written before anything else, so whoever releases the slot
+    /// (even main, after the owner died) gives back the right reservation.
+    pub fn claim_empty_slot(
+        &self,
+        owner: i32,
+        rule: Option<usize>,
+        pool_key: u64,
+    ) -> Option<usize> {
         for (i, slot) in self.slots() {
             if slot.state() == SlotState::NotInit
                 && slot.transition(SlotState::NotInit, SlotState::Init)
             {
-                slot.clear();
-                self.slot_data(i).clear();
+                slot.set_rule(rule);
                 slot.set_owner(owner);
+                slot.clear_keys();
+                slot.set_pool_key(pool_key);
+                self.slot_data(i).clear();
                 slot.new_generation();
                 return Some(i);
             }
         }
         None
     }
-
     /// Ends a slot's backend: the slot goes back to NOTINIT and its reservation is released. The
     /// caller must hold the slot (any state but NOTINIT, moved there by itself) and have closed the
     /// backend; waiting clients are woken.
     pub fn release_slot(&self, i: usize, from: SlotState) -> bool {
         let slot = self.slot(i);
         let rule = slot.rule();
+        // Clear the owner first: once NOTINIT another process may claim the slot and set its own.
+        let owner = slot.owner();
+        slot.set_owner(0);
         if !slot.transition(from, SlotState::NotInit) {
+            slot.set_owner(owner);
             return false;
         }
-        slot.set_owner(0);
         self.unreserve(rule);
         self.header()
             .backends_killed
@@ -313,7 +324,7 @@ mod tests {
     fn claim_and_release() {
         let r = Region::create(2).unwrap();
         assert!(r.reserve(2, None));
-        let i = r.claim_empty_slot(42).unwrap();
+        let i = r.claim_empty_slot(42, None, 1).unwrap();
         let g = r.slot(i).generation();
         assert_eq!(r.slot(i).state(), SlotState::Init);
         assert_eq!(r.slot(i).owner(), 42);
@@ -321,7 +332,7 @@ mod tests {
         assert!(r.release_slot(i, SlotState::InUse));
         assert_eq!(r.active(), 0);
         assert!(r.reserve(2, None));
-        let j = r.claim_empty_slot(43).unwrap();
+        let j = r.claim_empty_slot(43, None, 1).unwrap();
         assert_eq!(i, j);
         assert_ne!(
             r.slot(j).generation(),

@@ -265,13 +265,10 @@ impl Slot {
         self.in_transaction.store(v as u16, Ordering::Release)
     }
 
-    /// Resets the atomics but the state and generation (call in NOTINIT or INIT).
-    pub fn clear(&self) {
-        self.set_owner(0);
+    /// Resets the keys and flags of a slot just claimed (owner, rule and pool key are set by the claim).
+    pub fn clear_keys(&self) {
         self.set_backend_key(0, 0);
         self.set_client_key(0, 0);
-        self.set_pool_key(0);
-        self.set_rule(None);
         self.set_in_transaction(false);
     }
 }

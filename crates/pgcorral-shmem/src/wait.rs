@@ -67,7 +67,7 @@ impl Region {
     /// The futex word's current value: read it before looking for a backend, then pass it to
     /// [`Region::wait_for_release`] so a release in between is not missed.
     pub fn release_seq(&self) -> u32 {
-        self.header().release_seq.load(Ordering::Acquire)
+        self.header().release_seq.load(Ordering::SeqCst)
     }
 
     /// Sleeps until a backend is released (the word moves past `seen`) or `timeout` passes.
@@ -83,8 +83,10 @@ impl Region {
     /// Wakes every waiting client: a backend became available or the queue changed.
     pub fn notify_release(&self) {
         let h = self.header();
-        h.release_seq.fetch_add(1, Ordering::AcqRel);
-        if h.waiting.load(Ordering::Acquire) > 0 {
+        // SeqCst on both sides (here and in enqueue): a waiter that registered must either see this
+        // bump or be seen as waiting, never neither (the store-buffer pattern).
+        h.release_seq.fetch_add(1, Ordering::SeqCst);
+        if h.waiting.load(Ordering::SeqCst) > 0 {
             futex(&h.release_seq, libc::FUTEX_WAKE, i32::MAX as u32, None);
         }
     }
@@ -104,7 +106,7 @@ impl Region {
                 w.key.store(key, Ordering::Release);
                 w.pid.store(pid, Ordering::Release);
                 w.ticket.store(ticket, Ordering::Release);
-                h.waiting.fetch_add(1, Ordering::AcqRel);
+                h.waiting.fetch_add(1, Ordering::SeqCst);
                 h.clients_waited.fetch_add(1, Ordering::Relaxed);
                 return Some(WaiterTicket { index, ticket });
             }

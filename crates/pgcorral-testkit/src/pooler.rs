@@ -377,6 +377,25 @@ impl Pgcorral {
         self.dir.join("pgcorral.conf")
     }
 
+    /// Runs `pgcorral-ctl -c <conf_path> ARGS` (the binary next to [`pgcorral_binary`]) and
+    /// returns its output.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let bin = pgcorral_binary().with_file_name("pgcorral-ctl");
+        if !bin.is_file() {
+            panic!(
+                "{} not found: run `cargo build --workspace --bins` first",
+                bin.display()
+            );
+        }
+        Command::new(&bin)
+            .arg("-c")
+            .arg(self.conf_path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()))
+    }
+
     /// Everything the daemon (and its workers) printed so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.join("pgcorral.log")).unwrap_or_default()

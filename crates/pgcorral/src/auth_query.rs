@@ -35,6 +35,7 @@ pub fn fetch_secret(
         .map_err(|e| AuthError::refuse("53300", format!("auth_query: {e}")))?
         .lease;
     let deadline = Instant::now() + ctx.config.main.authentication_timeout;
+    let mut poolable = true;
     if lease.fresh {
         let startup = StartupMessage {
             major: 3,
@@ -45,11 +46,12 @@ pub fn fetch_secret(
             ],
         };
         let credential = BackendCredential::Password(password.to_string());
-        if let Err(e) =
-            backend::open_as_pooler(ctx, &mut lease, &startup, &credential, rng, deadline)
-        {
-            pool::kill(ctx, lease);
-            return Err(e);
+        match backend::open_as_pooler(ctx, &mut lease, &startup, &credential, rng, deadline) {
+            Ok((_, recorded)) => poolable = recorded,
+            Err(e) => {
+                pool::kill(ctx, lease);
+                return Err(e);
+            }
         }
     }
     let fd = lease
@@ -67,7 +69,11 @@ pub fn fetch_secret(
     };
     match backend::query_value(fd, &sql, deadline) {
         Ok(secret) => {
-            pool::give_back(ctx, lease);
+            if poolable {
+                pool::give_back(ctx, lease);
+            } else {
+                pool::kill(ctx, lease);
+            }
             if let Some(s) = &secret {
                 let ttl = ctx.config.main.auth_query_cache.as_secs() as i64;
                 if ttl > 0 {

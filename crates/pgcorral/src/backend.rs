@@ -168,17 +168,30 @@ pub fn clean(
     end.last_status == b'I'
 }
 
+/// Why preparing a pooled backend for a client failed.
+#[derive(Debug)]
+pub enum SetupError {
+    /// The server refused a statement (the backend is idle and clean again).
+    Server(String),
+    /// The conversation broke off: the backend's state is unknown.
+    Io(String),
+}
+
 /// Runs statements that prepare a pooled backend for a new client and collects the ParameterStatus
-/// messages they cause. Err carries the server's error message.
-pub fn run_setup(fd: RawFd, sql: &str, deadline: Instant) -> Result<Vec<(String, String)>, String> {
+/// messages they cause.
+pub fn run_setup(
+    fd: RawFd,
+    sql: &str,
+    deadline: Instant,
+) -> Result<Vec<(String, String)>, SetupError> {
     let mut q = Vec::with_capacity(sql.len() + 6);
     messages::query(&mut q, sql);
-    write_all(fd, &q, deadline).map_err(|e| e.to_string())?;
+    write_all(fd, &q, deadline).map_err(|e| SetupError::Io(e.to_string()))?;
     let mut changed = Vec::new();
     let mut error = None;
     loop {
         let msg = io::read_message(fd, MAX_MESSAGE_LENGTH.min(1 << 20), deadline)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SetupError::Io(e.to_string()))?;
         match msg.tag {
             tag::PARAMETER_STATUS => {
                 if let Ok((k, v)) = messages::parse_parameter_status(&msg.body) {
@@ -197,13 +210,14 @@ pub fn run_setup(fd: RawFd, sql: &str, deadline: Instant) -> Result<Vec<(String,
         }
     }
     match error {
-        Some(e) => Err(e),
+        Some(e) => Err(SetupError::Server(e)),
         None => Ok(changed),
     }
 }
 
 /// Opens a new backend for a fresh lease and logs in as the pooler with `credential`; records what a
-/// later client needs in the slot and moves it INIT→IN_USE. On error the caller kills the lease.
+/// later client needs in the slot and moves it INIT→IN_USE. The flag says whether the record fit
+/// (otherwise the backend must not be pooled). On error the caller kills the lease.
 pub fn open_as_pooler(
     ctx: &crate::context::Context,
     lease: &mut crate::pool::Lease,
@@ -211,7 +225,7 @@ pub fn open_as_pooler(
     credential: &crate::security::BackendCredential,
     rng: &dyn ring::rand::SecureRandom,
     deadline: Instant,
-) -> Result<crate::security::BackendLogin, crate::security::AuthError> {
+) -> Result<(crate::security::BackendLogin, bool), crate::security::AuthError> {
     use crate::security::AuthError;
     let server_index = ctx.config.primary_index();
     let server = &ctx.config.servers[server_index];
@@ -235,8 +249,8 @@ pub fn open_as_pooler(
     let fd = conn.as_raw_fd();
     lease.fd = Some(conn);
     let login = crate::security::login_backend_as_pooler(fd, startup, credential, rng, deadline)?;
-    record_new_backend(ctx, lease.slot, startup, &login);
-    Ok(login)
+    let recorded = record_new_backend(ctx, lease.slot, startup, &login);
+    Ok((login, recorded))
 }
 
 /// Writes what a new backend's login left in its slot (startup parameters, ParameterStatus, key,
@@ -251,9 +265,11 @@ pub fn record_new_backend(
     let slot = ctx.region.slot(slot_index);
     let mut recorded = true;
     ctx.region.slot_data(slot_index).with_data_mut(|d| {
-        d.user.set(startup.user().unwrap_or("").as_bytes());
-        d.database.set(startup.database().as_bytes());
-        d.options
+        // A name or `options` too long to keep could never be matched again: not poolable.
+        recorded &= d.user.set(startup.user().unwrap_or("").as_bytes());
+        recorded &= d.database.set(startup.database().as_bytes());
+        recorded &= d
+            .options
             .set(startup.get("options").unwrap_or("").as_bytes());
         d.appname
             .set(startup.get("application_name").unwrap_or("").as_bytes());

@@ -33,12 +33,14 @@ const FIRST_CONTROL_CONN: usize = 1 << 40;
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
+    /// Remote management (`management = PORT`).
+    Remote(TcpListener),
 }
 
 impl Listener {
     fn raw(&self) -> RawFd {
         match self {
-            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Tcp(l) | Listener::Remote(l) => l.as_raw_fd(),
             Listener::Unix(l, _) => l.as_raw_fd(),
         }
     }
@@ -71,6 +73,8 @@ pub struct Daemon {
     cleanup: Cleanup,
     /// The running prefill child, if any (one at a time).
     prefill: Option<i32>,
+    /// Held slots whose owner was not a live child at the last maintenance: (slot, generation, state).
+    orphans: HashSet<(usize, u32, i32)>,
     next_maintenance: Instant,
 }
 
@@ -131,6 +135,7 @@ impl Daemon {
             stopping: None,
             cleanup,
             prefill: None,
+            orphans: HashSet::new(),
             next_maintenance: Instant::now() + MAINTENANCE_INTERVAL,
         })
     }
@@ -269,6 +274,7 @@ impl Daemon {
             return;
         }
         log::info!("shutting down: {} client(s) connected", self.workers.len());
+        crate::notify::notify("STOPPING=1");
         self.stopping = Some(Instant::now() + STOP_GRACE);
         self.ctx
             .region
@@ -303,6 +309,16 @@ impl Daemon {
                     (OwnedFd::from(s), Some(a.ip()))
                 }),
                 Some(Listener::Unix(l, _)) => l.accept().map(|(s, _)| (OwnedFd::from(s), None)),
+                Some(Listener::Remote(l)) => match l.accept() {
+                    Ok((s, a)) => {
+                        let peer = Some(a.ip());
+                        self.run_in_child("remote management", |ctx| {
+                            std::process::exit(crate::remote::serve(ctx, OwnedFd::from(s), peer))
+                        });
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
                 None => return,
             };
             match accepted {
@@ -333,15 +349,23 @@ impl Daemon {
     }
 
     fn spawn_worker(&mut self, client: OwnedFd, peer: Option<IpAddr>) {
+        // Signals stay blocked across fork until the child has its own handlers: a SIGTERM that lands
+        // in between would otherwise run main's handler in the child and be lost.
+        let blocked = signals::block_all();
         // SAFETY: main is single-threaded (no other thread can hold a lock the child would inherit);
         // the child closes main's fds, runs the worker and exits without returning into main's loop.
-        match unsafe { nix::unistd::fork() } {
+        let forked = unsafe { nix::unistd::fork() };
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            signals::restore(&blocked);
+        }
+        match forked {
             Ok(ForkResult::Child) => {
                 for fd in self.main_only_fds() {
                     // SAFETY: these fds belong to main's objects, which the child never uses or drops.
                     unsafe { libc::close(fd) };
                 }
                 signals::install_worker();
+                signals::restore(&blocked);
                 let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
                 let code = worker::run(&self.ctx, client, peer);
                 std::process::exit(code);
@@ -382,21 +406,79 @@ impl Daemon {
                 log::info!("slot {i}: the server closed an idle backend; removed from the pool");
             }
         }
+        self.reclaim_orphans();
+        self.drop_stale_fds();
         if self.prefill.is_none() && crate::prefill::needed(&self.ctx) {
             self.prefill = self.run_in_child("prefill", |ctx| crate::prefill::run(ctx, false));
         }
     }
 
+    /// Reclaims held slots whose owner is not a live child of main, once they have stayed so for a whole
+    /// maintenance interval. They come from a process killed in the instant between a compare-and-swap
+    /// and recording itself as owner (or clearing it): SIGCHLD could not attribute them to anyone.
+    fn reclaim_orphans(&mut self) {
+        let me = std::process::id() as i32;
+        let mut seen = HashSet::new();
+        for i in 0..self.ctx.region.capacity() {
+            let slot = self.ctx.region.slot(i);
+            let state = slot.state();
+            if matches!(state, SlotState::NotInit | SlotState::Free) {
+                continue;
+            }
+            let owner = slot.owner();
+            if owner == me || self.workers.contains(&owner) || self.helpers.contains(&owner) {
+                continue;
+            }
+            let key = (i, slot.generation(), state as i32);
+            if !self.orphans.contains(&key) {
+                seen.insert(key);
+                continue;
+            }
+            if let Some((fd, generation)) = self.ctx.main_fds[i] {
+                if generation == key.1 {
+                    terminate_fd(fd);
+                    self.ctx.main_fds[i] = None;
+                }
+            }
+            if self.ctx.region.release_slot(i, state) {
+                log::warn!(
+                    "slot {i}: reclaimed from a process that ended while taking or returning it"
+                );
+            }
+        }
+        self.orphans = seen;
+    }
+
+    /// Closes sockets main holds for slots that moved on (a late transfer, a lost kill request).
+    fn drop_stale_fds(&mut self) {
+        for i in 0..self.ctx.main_fds.len() {
+            let Some((fd, generation)) = self.ctx.main_fds[i] else {
+                continue;
+            };
+            let slot = self.ctx.region.slot(i);
+            if slot.state() == SlotState::NotInit || slot.generation() != generation {
+                terminate_fd(fd);
+                self.ctx.main_fds[i] = None;
+            }
+        }
+    }
+
     /// Runs a slow job in a short-lived child so the loop never blocks on it (pgagroal does the same).
     fn run_in_child(&mut self, what: &str, job: impl FnOnce(&Context)) -> Option<i32> {
+        let blocked = signals::block_all();
         // SAFETY: as in spawn_worker: single-threaded main; the child runs the job and exits.
-        match unsafe { nix::unistd::fork() } {
+        let forked = unsafe { nix::unistd::fork() };
+        if !matches!(forked, Ok(ForkResult::Child)) {
+            signals::restore(&blocked);
+        }
+        match forked {
             Ok(ForkResult::Child) => {
                 for fd in self.main_only_fds() {
                     // SAFETY: main's fds, never used by the child.
                     unsafe { libc::close(fd) };
                 }
                 signals::install_worker();
+                signals::restore(&blocked);
                 job(&self.ctx);
                 std::process::exit(0);
             }

@@ -8,9 +8,11 @@ mod daemon;
 mod io;
 mod logging;
 mod management;
+mod notify;
 mod pipeline;
 mod pool;
 mod prefill;
+mod remote;
 mod secrets;
 mod security;
 mod signals;
@@ -306,6 +308,34 @@ fn main() {
             Err(e) => remove_pidfile_and_fail(format!("cannot listen on {addr}: {e}")),
         }
     }
+    let mut management_listeners = Vec::new();
+    if main.management != 0 {
+        for addr in listen_addresses(&main.host, main.management) {
+            match tcp_listener(addr, 16) {
+                Ok(l) => management_listeners.push(l),
+                Err(e) if main.host == "*" && addr.is_ipv6() => {
+                    log::warn!("remote management not listening on {addr}: {e}")
+                }
+                Err(e) => remove_pidfile_and_fail(format!(
+                    "cannot listen for remote management on {addr}: {e}"
+                )),
+            }
+        }
+    }
+    let mut management_listeners = Vec::new();
+    if main.management != 0 {
+        for addr in listen_addresses(&main.host, main.management) {
+            match tcp_listener(addr, 16) {
+                Ok(l) => management_listeners.push(l),
+                Err(e) if main.host == "*" && addr.is_ipv6() => {
+                    log::warn!("remote management not listening on {addr}: {e}")
+                }
+                Err(e) => remove_pidfile_and_fail(format!(
+                    "cannot listen for remote management on {addr}: {e}"
+                )),
+            }
+        }
+    }
     let socket_path = main.unix_socket_dir.join(format!(".s.PGSQL.{}", main.port));
     match unix_listener(&socket_path, 0o777) {
         Ok(l) => listeners.push(daemon::Listener::Unix(l, socket_path.clone())),
@@ -372,6 +402,18 @@ fn main() {
         management_path,
         secrets,
     };
+    listeners.extend(
+        management_listeners
+            .into_iter()
+            .map(daemon::Listener::Remote),
+    );
+    if ctx.config.limits.len() > pgcorral_shmem::MAX_RULES {
+        remove_pidfile_and_fail(format!(
+            "{} limit rules defined; pgcorral supports at most {}",
+            ctx.config.limits.len(),
+            pgcorral_shmem::MAX_RULES
+        ));
+    }
     let daemon = daemon::Daemon::new(
         ctx,
         files,
@@ -382,5 +424,6 @@ fn main() {
         cleanup,
     )
     .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));
+    notify::notify("READY=1");
     std::process::exit(daemon.run());
 }

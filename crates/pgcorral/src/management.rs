@@ -451,6 +451,13 @@ impl Daemon {
 
     /// Re-reads every file; applies them only when nothing that needs a restart changed.
     pub(crate) fn reload(&mut self) -> Result<(Vec<String>, ()), ReloadError> {
+        crate::notify::notify("RELOADING=1");
+        let outcome = self.reload_files();
+        crate::notify::notify("READY=1");
+        outcome
+    }
+
+    fn reload_files(&mut self) -> Result<(Vec<String>, ()), ReloadError> {
         let f = self.files.clone();
         let (config, warnings) = Config::load(&f.main, &f.hba, f.limits.as_deref())
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;

@@ -9,7 +9,7 @@
 use crate::context::Context;
 use crate::transfer::MainLink;
 use pgcorral_shmem::{now_secs, SlotData, SlotState};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -115,11 +115,9 @@ pub fn checkout(
                 }
             }
             if region.reserve(max_connections, rule_limit) {
-                match region.claim_empty_slot(me) {
+                match region.claim_empty_slot(me, rule, key.hash) {
                     Some(slot) => {
                         let s = region.slot(slot);
-                        s.set_rule(rule);
-                        s.set_pool_key(key.hash);
                         s.set_start_time(now_secs());
                         s.set_last_use(now_secs());
                         region
@@ -193,9 +191,19 @@ fn take_free(
         slot.set_last_use(now_secs());
         let generation = slot.generation();
         let fd = match ctx.inherited_fd(i, generation) {
-            // SAFETY: the fd was open in main at fork and so is open here under the same number; this
-            // process uses it for this slot only, and owning it here closes only this process's copy.
-            Some(raw) => unsafe { OwnedFd::from_raw_fd(raw) },
+            // SAFETY (borrow_raw): the fd was open in main at fork, so it is open here under the same
+            // number, and this process never closes that number.
+            // A copy of the inherited fd: the inherited number stays open, so a second checkout of the
+            // same slot in this process (auth_query, then the client) still finds it valid.
+            Some(raw) => match unsafe { BorrowedFd::borrow_raw(raw) }.try_clone_to_owned() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::warn!("slot {i}: cannot duplicate the inherited socket: {e}");
+                    slot.transition(SlotState::InUse, SlotState::Free);
+                    region.notify_release();
+                    continue;
+                }
+            },
             None => {
                 match MainLink::connect(&ctx.management_path).and_then(|l| l.get(i, generation)) {
                     Ok(fd) => fd,

@@ -68,13 +68,11 @@ pub fn run(ctx: &Context, initial: bool) {
             ) {
                 break;
             }
-            let Some(slot) = ctx.region.claim_empty_slot(me) else {
+            let Some(slot) = ctx.region.claim_empty_slot(me, Some(rule), key.hash) else {
                 ctx.region.unreserve(Some(rule));
                 break;
             };
             let s = ctx.region.slot(slot);
-            s.set_rule(Some(rule));
-            s.set_pool_key(key.hash);
             s.set_start_time(now_secs());
             s.set_last_use(now_secs());
             let mut lease = Lease {
@@ -85,9 +83,18 @@ pub fn run(ctx: &Context, initial: bool) {
             };
             let deadline = Instant::now() + ctx.config.main.authentication_timeout;
             match backend::open_as_pooler(ctx, &mut lease, &startup, &credential, &rng, deadline) {
-                Ok(_) => {
+                Ok((_, true)) => {
                     pool::give_back(ctx, lease);
                     opened += 1;
+                }
+                Ok((_, false)) => {
+                    log::warn!(
+                        "prefill of {}@{}: the login does not fit a slot's record",
+                        limit.user,
+                        limit.database
+                    );
+                    pool::kill(ctx, lease);
+                    break;
                 }
                 Err(e) => {
                     log::warn!("prefill of {}@{}: {e}", limit.user, limit.database);

@@ -202,6 +202,7 @@ pub fn login_backend(
         backend_key: (0, 0),
     };
     let mut out = Vec::with_capacity(256);
+    let mut challenged = false;
     // Authentication phase.
     loop {
         let msg = read_message(server, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
@@ -216,7 +217,15 @@ pub fn login_backend(
                         format!("the server asked for an authentication method pgcorral does not support (code {code})"),
                     ));
                 }
-                if !method_allowed(hba, &auth) {
+                // The final AuthenticationOk is fine once the required challenge was relayed; an Ok
+                // that comes first means the server trusted the user, which the HBA method forbids.
+                let allowed = match auth {
+                    Authentication::Ok => {
+                        challenged || matches!(hba, HbaMethod::All | HbaMethod::Trust)
+                    }
+                    _ => method_allowed(hba, &auth),
+                };
+                if !allowed {
                     return Err(AuthError::refuse(
                         "28000",
                         format!(
@@ -226,6 +235,9 @@ pub fn login_backend(
                             auth.method_name()
                         ),
                     ));
+                }
+                if !matches!(auth, Authentication::Ok) {
+                    challenged = true;
                 }
                 msg.encode_into(&mut out);
                 write_all(client, &out, deadline)?;
@@ -482,7 +494,11 @@ pub fn authenticate_client(
                 .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
             let given = std::str::from_utf8(given).map_err(|_| auth_failed(user))?;
             let ok = match secret {
-                ClientSecret::Password(p) => io::constant_time_eq(given.as_bytes(), p.as_bytes()),
+                // Digests first: comparing the passwords themselves would leak their length.
+                ClientSecret::Password(p) => io::constant_time_eq(
+                    digest::digest(&digest::SHA256, given.as_bytes()).as_ref(),
+                    digest::digest(&digest::SHA256, p.as_bytes()).as_ref(),
+                ),
                 ClientSecret::Md5(h) => {
                     io::constant_time_eq(md5_password_hash(user, given).as_bytes(), h.as_bytes())
                 }

@@ -92,3 +92,20 @@ pub fn abort_now() -> ! {
     let _ = install(Signal::SIGABRT, SigHandler::SigDfl, SaFlags::empty());
     std::process::abort()
 }
+
+/// Blocks every signal; returns the previous mask for [`restore`].
+pub fn block_all() -> SigSet {
+    let mut old = SigSet::empty();
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    );
+    old
+}
+
+/// Restores a mask saved by [`block_all`].
+pub fn restore(mask: &SigSet) {
+    let _ =
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(mask), None);
+}

@@ -281,7 +281,7 @@ fn serve(
                 format!("pgcorral holds no secret to log in to the server as user \"{user}\""),
             );
         };
-        let login = match backend::open_as_pooler(
+        let (login, recorded) = match backend::open_as_pooler(
             ctx,
             &mut lease,
             &startup,
@@ -303,10 +303,10 @@ fn serve(
         messages::ready_for_query(&mut greeting, b'I');
         slot.set_client_key(client_key.0, client_key.1);
         if write_all(fd, &greeting, auth_deadline).is_err() {
-            pool::give_back(ctx, lease);
+            pool::kill(ctx, lease);
             return 1;
         }
-        poolable = true;
+        poolable = recorded;
     } else if lease.fresh {
         slot.set_server(server_index);
         slot_data.with_data_mut(|d| {
@@ -375,9 +375,18 @@ fn serve(
         if !setup.is_empty() {
             match backend::run_setup(server_fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
                 Ok(c) => changed = c,
-                Err(message) => {
+                Err(backend::SetupError::Server(message)) => {
                     pool::give_back(ctx, lease);
                     return refuse(fd, peer, "22023", message);
+                }
+                Err(backend::SetupError::Io(message)) => {
+                    pool::kill(ctx, lease);
+                    return refuse(
+                        fd,
+                        peer,
+                        "08006",
+                        format!("preparing the pooled connection failed: {message}"),
+                    );
                 }
             }
         }
@@ -466,10 +475,6 @@ fn decode_params(bytes: &[u8]) -> Vec<(&str, &str)> {
     out
 }
 
-fn quote_literal(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
-}
-
 fn quote_ident(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
 }
@@ -486,7 +491,11 @@ fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
         if old.iter().any(|(ok, ov)| ok == k && ov == v) {
             continue;
         }
-        sql.push_str(&format!("SET {} TO {};", quote_ident(k), quote_literal(v)));
+        sql.push_str(&format!(
+            "SET {} TO {};",
+            quote_ident(k),
+            backend::quote_literal(v)
+        ));
     }
     // A client that sent no application_name must not inherit the previous one.
     if startup.get("application_name").is_none()

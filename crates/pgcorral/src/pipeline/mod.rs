@@ -71,6 +71,8 @@ pub struct SessionEnd {
     pub unsynced: bool,
     /// The server is in COPY IN mode waiting for the client's data.
     pub copy_in: bool,
+    /// Syncs sent since the last Execute: if that Execute starts a COPY IN, the server ignores them.
+    pub syncs_after_execute: u32,
     /// The transaction status of the last ReadyForQuery.
     pub last_status: u8,
     /// The server stream stopped in the middle of a message.
@@ -202,6 +204,7 @@ pub fn relay(
         outstanding: 0,
         unsynced: false,
         copy_in: false,
+        syncs_after_execute: 0,
         last_status: b'I',
         server_mid_message: false,
         client_mid_message: false,
@@ -355,6 +358,9 @@ pub fn relay(
     };
     end.reason = reason;
     end.server_mid_message = !ss.tracker.at_boundary();
+    // Client bytes still waiting for the server: part of a message may have reached it, and what did
+    // not was counted as owed answers. Such a backend cannot be made clean.
+    end.client_mid_message |= !to_server.is_empty();
     if reason == EndReason::Stopped {
         send_client_error(
             client,
@@ -400,12 +406,23 @@ fn scan_client(cs: &mut ClientSide, end: &mut SessionEnd, chunk: &[u8]) -> Resul
 /// What a client message implies for the answers the server owes.
 pub fn note_client_message(end: &mut SessionEnd, t: u8) {
     match t {
-        tag::QUERY | b'F' => end.outstanding += 1,
+        tag::QUERY | b'F' => {
+            end.outstanding += 1;
+            end.syncs_after_execute = 0;
+        }
+        // PostgreSQL ignores Sync (and Flush) during COPY IN, for clients that send one without
+        // noticing their command was a COPY: such a Sync earns no ReadyForQuery.
+        tag::SYNC if end.copy_in => {}
         tag::SYNC => {
             end.outstanding += 1;
+            end.syncs_after_execute += 1;
             end.unsynced = false;
         }
-        b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => end.unsynced = true,
+        b'E' => {
+            end.unsynced = true;
+            end.syncs_after_execute = 0;
+        }
+        b'P' | b'B' | b'D' | b'C' | b'H' => end.unsynced = true,
         b'c' | tag::COPY_FAIL => end.copy_in = false,
         _ => {}
     }
@@ -434,7 +451,13 @@ pub fn note_server_message(end: &mut SessionEnd, t: u8, prefix: &[u8], fatal: &m
                 end.last_status = s;
             }
         }
-        tag::COPY_IN_RESPONSE => end.copy_in = true,
+        tag::COPY_IN_RESPONSE => {
+            // Syncs the client sent after the Execute that started this COPY reach the server during
+            // COPY IN and are ignored there.
+            end.copy_in = true;
+            end.outstanding = end.outstanding.saturating_sub(end.syncs_after_execute);
+            end.syncs_after_execute = 0;
+        }
         tag::ERROR_RESPONSE if ReceivedError::parse(prefix).is_fatal() => *fatal = true,
         _ => {}
     }
