@@ -150,6 +150,17 @@ pub struct MainConfig {
     pub pidfile: Option<PathBuf>,
     /// Remote management TCP port (0 = off): the control protocol after SCRAM against the admins file.
     pub management: u16,
+    /// strftime-style prefix of every log line (%Y %m %d %H %M %S %z %p %%; UTC).
+    pub log_line_prefix: String,
+    /// Rotate the log file when it grows past this many bytes (0 = never).
+    pub log_rotation_size: u64,
+    /// Rotate the log file after this long (0 = never).
+    pub log_rotation_age: Duration,
+    /// `log_mode = append` (true) or `create` (false: truncate at start).
+    pub log_mode_append: bool,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
+    pub update_process_title: ProcessTitle,
     /// Users not in the users vault may log in with pass-through authentication (default on).
     pub allow_unknown_users: bool,
     /// Look up the secret of users not in the vault in PostgreSQL, as the `-S` superuser.
@@ -158,6 +169,31 @@ pub struct MainConfig {
     pub auth_query_function: String,
     /// How long a secret fetched by auth_query is cached.
     pub auth_query_cache: Duration,
+}
+
+/// `update_process_title`: what `ps` shows for each process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessTitle {
+    /// never / off: the command line is left alone.
+    Never,
+    /// strict: like minimal, never longer than the original command line (pgcorral never is).
+    Strict,
+    /// minimal: `pgcorral: user/database`.
+    Minimal,
+    /// verbose / full: `pgcorral: user@host/database`.
+    Verbose,
+}
+
+impl ProcessTitle {
+    pub fn parse(s: &str) -> Option<ProcessTitle> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "never" | "off" => ProcessTitle::Never,
+            "strict" => ProcessTitle::Strict,
+            "minimal" => ProcessTitle::Minimal,
+            "verbose" | "full" => ProcessTitle::Verbose,
+            _ => return None,
+        })
+    }
 }
 
 /// A server section.

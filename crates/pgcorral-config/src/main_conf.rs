@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ini::{self, Item};
-use crate::values::{parse_bool, parse_time, parse_uint};
-use crate::{ConfigError, LogLevel, LogType, MainConfig, Pipeline, ServerConfig};
+use crate::values::{parse_bool, parse_size, parse_time, parse_uint};
+use crate::{ConfigError, LogLevel, LogType, MainConfig, Pipeline, ProcessTitle, ServerConfig};
 
 /// The most server sections pgagroal accepts.
 pub const MAX_SERVERS: usize = 64;
@@ -28,12 +28,6 @@ const UNSUPPORTED_MAIN_KEYS: &[&str] = &[
     "metrics_key_file",
     "metrics_ca_file",
     "console",
-    "log_rotation_age",
-    "log_rotation_size",
-    "log_line_prefix",
-    "log_mode",
-    "log_connections",
-    "log_disconnections",
     "connection_retry_delay",
     "idle_timeout",
     "rotate_frontend_password_timeout",
@@ -57,7 +51,6 @@ const UNSUPPORTED_MAIN_KEYS: &[&str] = &[
     "track_prepared_statements",
     "server_reset_query_always",
     "server_reset_query_behavior_on_failure",
-    "update_process_title",
     "health_check",
     "health_check_period",
     "health_check_timeout",
@@ -229,6 +222,13 @@ fn parse_main(
     let mut server_reset_query = "DISCARD ALL".to_string();
     let mut pidfile = None;
     let mut management = 0u16;
+    let mut log_line_prefix = "%Y-%m-%d %H:%M:%S".to_string();
+    let mut log_rotation_size = 0u64;
+    let mut log_rotation_age = Duration::ZERO;
+    let mut log_mode_append = true;
+    let mut log_connections = false;
+    let mut log_disconnections = false;
+    let mut update_process_title = ProcessTitle::Verbose;
     let mut allow_unknown_users = true;
     let mut auth_query = false;
     let mut auth_query_function = String::new();
@@ -304,6 +304,35 @@ fn parse_main(
                 )
             }
             "server_reset_query" => server_reset_query = value.to_string(),
+            "log_line_prefix" => log_line_prefix = value.to_string(),
+            "log_rotation_size" => {
+                log_rotation_size = parse_size(value).map_err(|r| bad(path, entry, r))?
+            }
+            "log_rotation_age" => {
+                log_rotation_age = parse_time(value).map_err(|r| bad(path, entry, r))?
+            }
+            "log_mode" => {
+                log_mode_append = match value.to_ascii_lowercase().as_str() {
+                    "append" => true,
+                    "create" => false,
+                    _ => return Err(bad(path, entry, "use append or create")),
+                }
+            }
+            "log_connections" => {
+                log_connections = parse_bool(value).map_err(|r| bad(path, entry, r))?
+            }
+            "log_disconnections" => {
+                log_disconnections = parse_bool(value).map_err(|r| bad(path, entry, r))?
+            }
+            "update_process_title" => {
+                update_process_title = ProcessTitle::parse(value).ok_or_else(|| {
+                    bad(
+                        path,
+                        entry,
+                        "use never, off, strict, minimal, verbose or full",
+                    )
+                })?
+            }
             "management" => {
                 management = parse_uint(value, 0, 65535).map_err(|r| bad(path, entry, r))? as u16
             }
@@ -382,6 +411,13 @@ fn parse_main(
         server_reset_query,
         pidfile,
         management,
+        log_line_prefix,
+        log_rotation_size,
+        log_rotation_age,
+        log_mode_append,
+        log_connections,
+        log_disconnections,
+        update_process_title,
         allow_unknown_users,
         auth_query,
         auth_query_function,

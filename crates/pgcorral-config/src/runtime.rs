@@ -2,7 +2,7 @@
 //! showing and changing keys at run time, and deciding whether a reload needs a restart.
 
 use crate::values::{parse_bool, parse_time, parse_uint};
-use crate::{Config, ConfigError, LogLevel, LogType, MainConfig, Pipeline};
+use crate::{Config, ConfigError, LogLevel, LogType, MainConfig, Pipeline, ProcessTitle};
 use std::path::Path;
 
 impl Config {
@@ -66,6 +66,13 @@ pub const MAIN_KEYS: &[&str] = &[
     "log_type",
     "log_level",
     "log_path",
+    "log_line_prefix",
+    "log_rotation_size",
+    "log_rotation_age",
+    "log_mode",
+    "log_connections",
+    "log_disconnections",
+    "update_process_title",
     "blocking_timeout",
     "authentication_timeout",
     "keep_alive",
@@ -112,6 +119,24 @@ impl MainConfig {
                 LogLevel::Trace => "trace".to_string(),
             },
             "log_path" => self.log_path.display().to_string(),
+            "log_line_prefix" => self.log_line_prefix.clone(),
+            "log_rotation_size" => self.log_rotation_size.to_string(),
+            "log_rotation_age" => format!("{}s", self.log_rotation_age.as_secs()),
+            "log_mode" => if self.log_mode_append {
+                "append"
+            } else {
+                "create"
+            }
+            .to_string(),
+            "log_connections" => on_off(self.log_connections),
+            "log_disconnections" => on_off(self.log_disconnections),
+            "update_process_title" => match self.update_process_title {
+                ProcessTitle::Never => "never",
+                ProcessTitle::Strict => "strict",
+                ProcessTitle::Minimal => "minimal",
+                ProcessTitle::Verbose => "verbose",
+            }
+            .to_string(),
             "blocking_timeout" => format!("{}s", self.blocking_timeout.as_secs()),
             "authentication_timeout" => format!("{}s", self.authentication_timeout.as_secs()),
             "keep_alive" => on_off(self.keep_alive),
@@ -143,6 +168,15 @@ impl MainConfig {
                 })?
             }
             "blocking_timeout" => self.blocking_timeout = parse_time(value)?,
+            "log_line_prefix" => self.log_line_prefix = value.to_string(),
+            "log_rotation_size" => self.log_rotation_size = crate::values::parse_size(value)?,
+            "log_rotation_age" => self.log_rotation_age = parse_time(value)?,
+            "log_connections" => self.log_connections = parse_bool(value)?,
+            "log_disconnections" => self.log_disconnections = parse_bool(value)?,
+            "update_process_title" => {
+                self.update_process_title = ProcessTitle::parse(value)
+                    .ok_or_else(|| format!("invalid update_process_title '{value}'"))?
+            }
             "authentication_timeout" => {
                 let t = parse_time(value)?;
                 if t.is_zero() {
@@ -165,7 +199,8 @@ impl MainConfig {
             | "log_type"
             | "pidfile"
             | "log_path"
-            | "auth_query_function" => {
+            | "auth_query_function"
+            | "log_mode" => {
                 return Err(format!(
                     "'{key}' cannot be changed while pgcorral runs: edit the file and restart"
                 ))
@@ -181,7 +216,9 @@ mod tests {
     use super::*;
 
     fn main_conf() -> MainConfig {
-        let dir = std::env::temp_dir().join(format!("pgcorral-runtime-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pgcorral-runtime-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("pgcorral.conf");
         std::fs::write(

@@ -105,3 +105,22 @@ mod tests {
         assert!(parse_uint("", 0, 10).is_err());
     }
 }
+
+/// A size: a number with an optional B, K/KB, M/MB, G/GB suffix (bytes by default).
+pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{value}' is not a size (a number with B, K, M or G)"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" => 1 << 10,
+        "M" | "MB" => 1 << 20,
+        "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}': use B, K, M or G")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{value}' is too large"))
+}

@@ -408,6 +408,7 @@ impl Daemon {
         }
         self.reclaim_orphans();
         self.drop_stale_fds();
+        crate::logging::maybe_rotate(&self.ctx.config.main);
         if self.prefill.is_none() && crate::prefill::needed(&self.ctx) {
             self.prefill = self.run_in_child("prefill", |ctx| crate::prefill::run(ctx, false));
         }

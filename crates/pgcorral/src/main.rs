@@ -16,6 +16,7 @@ mod remote;
 mod secrets;
 mod security;
 mod signals;
+mod title;
 mod transfer;
 mod worker;
 
@@ -395,6 +396,7 @@ fn main() {
         admins: cli.admins.clone(),
         superuser: cli.superuser.clone(),
     };
+    let ctx_title_setting = config.main.update_process_title;
     let ctx = context::Context {
         config,
         region,
@@ -424,6 +426,7 @@ fn main() {
         cleanup,
     )
     .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));
+    title::set(ctx_title_setting, "pgcorral: main");
     notify::notify("READY=1");
     std::process::exit(daemon.run());
 }

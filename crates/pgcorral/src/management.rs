@@ -228,6 +228,9 @@ impl Daemon {
                 if key == "log_level" {
                     log::set_max_level(self.ctx.config.main.log_level.to_filter());
                 }
+                if key == "log_line_prefix" {
+                    crate::logging::set_prefix(&self.ctx.config.main.log_line_prefix);
+                }
                 ok(
                     &command,
                     json!({"key": key, "value": self.ctx.config.main.get(key)}),
@@ -478,6 +481,7 @@ impl Daemon {
             ));
         }
         log::set_max_level(config.main.log_level.to_filter());
+        crate::logging::set_prefix(&config.main.log_line_prefix);
         self.ctx.config = config;
         self.ctx.secrets = secrets;
         log::info!("configuration reloaded: new clients use it, connected ones go on unchanged");

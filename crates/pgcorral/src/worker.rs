@@ -422,6 +422,22 @@ fn serve(
         .header()
         .clients_served
         .fetch_add(1, Ordering::Relaxed);
+    crate::title::set(
+        ctx.config.main.update_process_title,
+        &crate::title::worker_title(
+            ctx.config.main.update_process_title,
+            &user,
+            &host,
+            &database,
+        ),
+    );
+    if ctx.config.main.log_connections {
+        log::info!(
+            "connection authorized: user={user} database={database} application_name={} host={host}",
+            startup.get("application_name").unwrap_or("")
+        );
+    }
+    let session_started = Instant::now();
 
     let server_fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let mut pipe: Box<dyn Pipeline> = match ctx.config.main.pipeline {
@@ -443,6 +459,12 @@ fn serve(
         lease.slot,
         end
     );
+    if ctx.config.main.log_disconnections {
+        log::info!(
+            "disconnection: session time: {:.3} s user={user} database={database} host={host}",
+            session_started.elapsed().as_secs_f64()
+        );
+    }
     if poolable
         && end.backend_usable()
         && backend::clean(
