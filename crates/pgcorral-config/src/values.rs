@@ -55,6 +55,25 @@ pub(crate) fn parse_uint(value: &str, min: u64, max: u64) -> Result<u64, String>
     }
 }
 
+/// A size: a number with an optional B, K/KB, M/MB, G/GB suffix (bytes by default).
+pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{value}' is not a size (a number with B, K, M or G)"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" => 1 << 10,
+        "M" | "MB" => 1 << 20,
+        "G" | "GB" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}': use B, K, M or G")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{value}' is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,23 +123,13 @@ mod tests {
         assert!(parse_uint("+1", 0, 10).is_err());
         assert!(parse_uint("", 0, 10).is_err());
     }
-}
 
-/// A size: a number with an optional B, K/KB, M/MB, G/GB suffix (bytes by default).
-pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, unit) = v.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{value}' is not a size (a number with B, K, M or G)"))?;
-    let mult = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" => 1 << 10,
-        "M" | "MB" => 1 << 20,
-        "G" | "GB" => 1 << 30,
-        other => return Err(format!("unknown size unit '{other}': use B, K, M or G")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{value}' is too large"))
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("2K").unwrap(), 2048);
+        assert_eq!(super::parse_size("10MB").unwrap(), 10 << 20);
+        assert_eq!(super::parse_size("17").unwrap(), 17);
+        assert!(super::parse_size("1T").is_err());
+        assert!(super::parse_size("big").is_err());
+    }
 }
