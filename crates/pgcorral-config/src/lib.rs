@@ -78,6 +78,8 @@ pub enum Pipeline {
 /// Where the log goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogType {
+    /// RFC 3164 datagrams to /dev/log (or `$PGCORRAL_SYSLOG_SOCKET`), facility daemon.
+    Syslog,
     Console,
     File,
 }

@@ -266,14 +266,8 @@ fn parse_main(
                 log_type = match value.to_ascii_lowercase().as_str() {
                     "console" => LogType::Console,
                     "file" => LogType::File,
-                    "syslog" => {
-                        return Err(bad(
-                            path,
-                            entry,
-                            "syslog logging is not supported yet; use console or file",
-                        ))
-                    }
-                    _ => return Err(bad(path, entry, "expected console or file")),
+                    "syslog" => LogType::Syslog,
+                    _ => return Err(bad(path, entry, "expected console, file or syslog")),
                 }
             }
             "log_level" => {

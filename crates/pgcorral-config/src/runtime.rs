@@ -108,6 +108,7 @@ impl MainConfig {
             "log_type" => match self.log_type {
                 LogType::Console => "console",
                 LogType::File => "file",
+                LogType::Syslog => "syslog",
             }
             .to_string(),
             "log_level" => match self.log_level {

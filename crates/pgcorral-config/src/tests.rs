@@ -202,7 +202,6 @@ fn bad_value_names_file_line_and_key() {
         "blocking_timeout = 5x",
         "authentication_timeout = 0",
         "backlog = -1",
-        "log_type = syslog",
         "log_type = elsewhere",
         "pipeline = fast",
         "host =",
@@ -229,9 +228,9 @@ fn transaction_pipeline_refused() {
 }
 
 #[test]
-fn syslog_refused() {
-    let text = load_err(&with_main("log_type = syslog"), HBA_ALL, None).to_string();
-    assert!(text.contains("not supported yet"), "{text}");
+fn syslog_accepted() {
+    let (c, _) = load_ok(&with_main("log_type = syslog"), HBA_ALL, None);
+    assert_eq!(c.main.log_type, crate::LogType::Syslog);
 }
 
 #[test]

@@ -16,6 +16,42 @@ static LOG_FD: AtomicI32 = AtomicI32::new(-1);
 static LOG_PATH: OnceLock<PathBuf> = OnceLock::new();
 static OPENED_AT: AtomicI64 = AtomicI64::new(0);
 static PREFIX: Mutex<String> = Mutex::new(String::new());
+static SYSLOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Where syslog datagrams go: `$PGCORRAL_SYSLOG_SOCKET` (containers without /dev/log, tests) or /dev/log.
+pub fn syslog_socket() -> PathBuf {
+    std::env::var_os("PGCORRAL_SYSLOG_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/log"))
+}
+
+/// Sends each log record as one datagram (the formatter writes a record in one write).
+struct SyslogWriter {
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl Write for SyslogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = buf.strip_suffix(b"\n").unwrap_or(buf);
+        // A full or absent syslog must never stop the pooler: drop the line.
+        let _ = self.sock.send(line);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// RFC 3164 severity of a level (facility daemon = 3).
+fn syslog_priority(level: log::Level) -> u8 {
+    3 * 8
+        + match level {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            log::Level::Debug | log::Level::Trace => 7,
+        }
+}
 
 fn now_secs() -> i64 {
     SystemTime::now()
@@ -88,6 +124,17 @@ pub fn init(config: &Config) -> Result<(), String> {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(log::LevelFilter::Trace);
     builder.format(|buf, record| {
+        if SYSLOG.load(Ordering::Relaxed) {
+            // syslog adds its own time stamp: no prefix.
+            return writeln!(
+                buf,
+                "<{}>pgcorral[{}]: {} {}",
+                syslog_priority(record.level()),
+                std::process::id(),
+                record.level(),
+                record.args()
+            );
+        }
         let prefix = PREFIX
             .lock()
             .map(|p| format_time(&p, now_secs()))
@@ -103,6 +150,14 @@ pub fn init(config: &Config) -> Result<(), String> {
     match config.main.log_type {
         LogType::Console => {
             builder.target(env_logger::Target::Stderr);
+        }
+        LogType::Syslog => {
+            let path = syslog_socket();
+            let sock = std::os::unix::net::UnixDatagram::unbound()
+                .and_then(|s| s.connect(&path).map(|_| s))
+                .map_err(|e| format!("cannot reach syslog at {}: {e}", path.display()))?;
+            SYSLOG.store(true, Ordering::Relaxed);
+            builder.target(env_logger::Target::Pipe(Box::new(SyslogWriter { sock })));
         }
         LogType::File => {
             let path = &config.main.log_path;
