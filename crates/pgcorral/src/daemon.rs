@@ -348,16 +348,15 @@ impl Daemon {
         fds
     }
 
-    fn spawn_worker(&mut self, client: OwnedFd, peer: Option<IpAddr>) {
-        // Signals stay blocked across fork until the child has its own handlers: a SIGTERM that lands
-        // in between would otherwise run main's handler in the child and be lost.
+    /// Forks a child of main: the child closes main's fds, gets the worker's signal handlers, runs
+    /// `body` and exits with its code; the parent gets the pid. Signals stay blocked across the fork
+    /// until the child has its own handlers: a SIGTERM landing in between would otherwise run main's
+    /// handler in the child and be lost.
+    fn fork_child(&mut self, body: impl FnOnce(&Context) -> i32) -> nix::Result<i32> {
         let blocked = signals::block_all();
         // SAFETY: main is single-threaded (no other thread can hold a lock the child would inherit);
-        // the child closes main's fds, runs the worker and exits without returning into main's loop.
+        // the child closes main's fds, runs `body` and exits without returning into main's loop.
         let forked = unsafe { nix::unistd::fork() };
-        if !matches!(forked, Ok(ForkResult::Child)) {
-            signals::restore(&blocked);
-        }
         match forked {
             Ok(ForkResult::Child) => {
                 for fd in self.main_only_fds() {
@@ -366,21 +365,42 @@ impl Daemon {
                 }
                 signals::install_worker();
                 signals::restore(&blocked);
-                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-                let code = worker::run(&self.ctx, client, peer);
-                std::process::exit(code);
+                std::process::exit(body(&self.ctx));
             }
             Ok(ForkResult::Parent { child }) => {
-                self.workers.insert(child.as_raw());
+                signals::restore(&blocked);
+                Ok(child.as_raw())
             }
             Err(e) => {
+                signals::restore(&blocked);
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn_worker(&mut self, client: OwnedFd, peer: Option<IpAddr>) {
+        // The socket stays here unless the child takes it: a failed fork must still answer the client.
+        let mut client = Some(client);
+        let forked = self.fork_child(|ctx| {
+            let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+            match client.take() {
+                Some(c) => worker::run(ctx, c, peer),
+                None => 1,
+            }
+        });
+        match (forked, client) {
+            (Ok(pid), _) => {
+                self.workers.insert(pid);
+            }
+            (Err(e), Some(c)) => {
                 log::error!("fork failed: {e}");
                 crate::security::send_fatal(
-                    client.as_raw_fd(),
+                    c.as_raw_fd(),
                     "53300",
                     "could not fork a new process for the connection",
                 );
             }
+            (Err(e), None) => log::error!("fork failed: {e}"),
         }
     }
 
@@ -466,26 +486,13 @@ impl Daemon {
 
     /// Runs a slow job in a short-lived child so the loop never blocks on it (pgagroal does the same).
     fn run_in_child(&mut self, what: &str, job: impl FnOnce(&Context)) -> Option<i32> {
-        let blocked = signals::block_all();
-        // SAFETY: as in spawn_worker: single-threaded main; the child runs the job and exits.
-        let forked = unsafe { nix::unistd::fork() };
-        if !matches!(forked, Ok(ForkResult::Child)) {
-            signals::restore(&blocked);
-        }
-        match forked {
-            Ok(ForkResult::Child) => {
-                for fd in self.main_only_fds() {
-                    // SAFETY: main's fds, never used by the child.
-                    unsafe { libc::close(fd) };
-                }
-                signals::install_worker();
-                signals::restore(&blocked);
-                job(&self.ctx);
-                std::process::exit(0);
-            }
-            Ok(ForkResult::Parent { child }) => {
-                self.helpers.insert(child.as_raw());
-                Some(child.as_raw())
+        match self.fork_child(|ctx| {
+            job(ctx);
+            0
+        }) {
+            Ok(pid) => {
+                self.helpers.insert(pid);
+                Some(pid)
             }
             Err(e) => {
                 log::warn!("cannot fork for {what}: {e}");

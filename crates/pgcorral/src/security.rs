@@ -291,7 +291,20 @@ pub fn login_backend(
             }
         }
     }
-    // Start-up phase: parameters, key, ReadyForQuery.
+    startup_phase(server, &mut login, Some((client, client_key)), deadline)?;
+    Ok(login)
+}
+
+/// After AuthenticationOk: collects the server's ParameterStatus messages and key up to ReadyForQuery.
+/// With `relay` (client fd, pgcorral's key for it) everything is forwarded to the client, the key being
+/// replaced by pgcorral's; without it nothing is sent and a server error becomes [`AuthError::Server`].
+fn startup_phase(
+    server: RawFd,
+    login: &mut BackendLogin,
+    relay: Option<(RawFd, (i32, i32))>,
+    deadline: Instant,
+) -> Result<(), AuthError> {
+    let mut out = Vec::with_capacity(256);
     loop {
         let msg = read_message(server, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
         out.clear();
@@ -303,20 +316,31 @@ pub fn login_backend(
             tag::BACKEND_KEY_DATA => {
                 login.backend_key = messages::parse_backend_key_data(&msg.body)
                     .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
-                messages::backend_key_data(&mut out, client_key.0, client_key.1);
+                if let Some((_, key)) = relay {
+                    messages::backend_key_data(&mut out, key.0, key.1);
+                }
             }
             tag::READY_FOR_QUERY => {
-                msg.encode_into(&mut out);
-                write_all(client, &out, deadline)?;
-                return Ok(login);
+                if let Some((client, _)) = relay {
+                    msg.encode_into(&mut out);
+                    write_all(client, &out, deadline)?;
+                }
+                return Ok(());
             }
             tag::ERROR_RESPONSE => {
-                let text =
-                    String::from_utf8_lossy(messages::ReceivedError::parse(&msg.body).message)
-                        .into_owned();
-                msg.encode_into(&mut out);
-                let _ = write_all(client, &out, deadline);
-                return Err(AuthError::ServerRefused(text));
+                let e = messages::ReceivedError::parse(&msg.body);
+                let message = String::from_utf8_lossy(e.message).into_owned();
+                return Err(match relay {
+                    Some((client, _)) => {
+                        msg.encode_into(&mut out);
+                        let _ = write_all(client, &out, deadline);
+                        AuthError::ServerRefused(message)
+                    }
+                    None => AuthError::Server {
+                        code: String::from_utf8_lossy(e.code).into_owned(),
+                        message,
+                    },
+                });
             }
             tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => msg.encode_into(&mut out),
             other => {
@@ -329,7 +353,9 @@ pub fn login_backend(
                 ))
             }
         }
-        write_all(client, &out, deadline)?;
+        if let Some((client, _)) = relay {
+            write_all(client, &out, deadline)?;
+        }
     }
 }
 
@@ -635,7 +661,7 @@ pub fn login_backend_as_pooler(
                 let auth = Authentication::parse(&msg.body)
                     .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
                 match auth {
-                    Authentication::Ok => {}
+                    Authentication::Ok => break,
                     Authentication::CleartextPassword => match credential {
                         BackendCredential::Password(p) => messages::password(&mut out, p),
                         _ => return Err(missing("password")),
@@ -691,12 +717,6 @@ pub fn login_backend_as_pooler(
                     write_all(server, &out, deadline)?;
                 }
             }
-            tag::PARAMETER_STATUS => msg.encode_into(&mut login.params),
-            tag::BACKEND_KEY_DATA => {
-                login.backend_key = messages::parse_backend_key_data(&msg.body)
-                    .map_err(|e| AuthError::refuse("08P01", format!("server sent {e}")))?;
-            }
-            tag::READY_FOR_QUERY => return Ok(login),
             tag::ERROR_RESPONSE => {
                 let e = messages::ReceivedError::parse(&msg.body);
                 return Err(AuthError::Server {
@@ -716,4 +736,6 @@ pub fn login_backend_as_pooler(
             }
         }
     }
+    startup_phase(server, &mut login, None, deadline)?;
+    Ok(login)
 }
