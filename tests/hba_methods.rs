@@ -34,5 +34,9 @@ fn specific_hba_methods_relay_the_matching_challenge() {
         .err()
         .expect("trust_user let in without SCRAM");
     assert_eq!(sqlstate(&e), "28000");
-    assert!(e.to_string().contains("scram-sha-256"), "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert!(message.contains("scram-sha-256"), "{message}");
 }
