@@ -468,7 +468,7 @@ impl Daemon {
         if !restart.is_empty() {
             return Err(ReloadError::Restart(restart));
         }
-        let secrets = crate::secrets::Secrets::load(
+        let secrets = self.ctx.secrets.reload(
             f.users.as_deref(),
             f.frontend.as_deref(),
             f.admins.as_deref(),

@@ -34,6 +34,8 @@ pub struct Secrets {
     frontend: HashMap<String, String>,
     admins: HashMap<String, String>,
     superuser: Option<(String, String)>,
+    /// The derived master key, kept so a reload does not pay the 600,000 PBKDF2 iterations in main.
+    master_key: Option<std::sync::Arc<MasterKey>>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -63,13 +65,42 @@ impl Secrets {
         admins: Option<&Path>,
         superuser: Option<&Path>,
     ) -> Result<Secrets, SecretsError> {
+        Self::load_with(None, users, frontend, admins, superuser)
+    }
+
+    /// Re-reads the files for a reload with the master key derived at start; only when that key no
+    /// longer decrypts them (master.key was replaced) is the key derived again.
+    pub fn reload(
+        &self,
+        users: Option<&Path>,
+        frontend: Option<&Path>,
+        admins: Option<&Path>,
+        superuser: Option<&Path>,
+    ) -> Result<Secrets, SecretsError> {
+        match self.master_key.as_ref() {
+            Some(key) => Self::load_with(Some(key), users, frontend, admins, superuser)
+                .or_else(|_| Self::load(users, frontend, admins, superuser)),
+            None => Self::load(users, frontend, admins, superuser),
+        }
+    }
+
+    fn load_with(
+        cached: Option<&std::sync::Arc<MasterKey>>,
+        users: Option<&Path>,
+        frontend: Option<&Path>,
+        admins: Option<&Path>,
+        superuser: Option<&Path>,
+    ) -> Result<Secrets, SecretsError> {
         if users.is_none() && frontend.is_none() && admins.is_none() && superuser.is_none() {
             return Ok(Secrets::default());
         }
         if frontend.is_some() && users.is_none() {
             return Err(SecretsError::FrontendWithoutUsers);
         }
-        let key = MasterKey::load_default()?;
+        let key = match cached {
+            Some(k) => k.clone(),
+            None => std::sync::Arc::new(MasterKey::load_default()?),
+        };
         let mut s = Secrets::default();
         if let Some(p) = users {
             s.users = read(p, &key)?;
@@ -97,6 +128,7 @@ impl Secrets {
             }
             s.superuser = all.pop();
         }
+        s.master_key = Some(key);
         Ok(s)
     }
 
