@@ -161,3 +161,47 @@ fn process_titles_name_main_and_each_client() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn syslog_gets_one_datagram_per_record() {
+    let dir = TempDir::new("pgcorral-syslog-");
+    let path = dir.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let s = setup(PgcorralOptions {
+        extra_main: vec!["log_type = syslog".into(), "log_connections = on".into()],
+        env: vec![("PGCORRAL_SYSLOG_SOCKET".into(), path.display().to_string())],
+        ..Default::default()
+    });
+    must_connect(s.pooler.port, TRUST_USER.user, None)
+        .query_one("SELECT 1", &[])
+        .unwrap();
+    let mut records = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let n = sock.recv(&mut buf).expect("a syslog datagram");
+        let record = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = record.contains("connection authorized: user=trust_user");
+        records.push(record);
+        if done {
+            break;
+        }
+    }
+    let started = records
+        .iter()
+        .find(|r| r.contains("started"))
+        .expect("start-up record");
+    // Facility daemon (3) and severity info (6): priority 30; tag with the pid.
+    assert!(
+        started.starts_with(&format!("<30>pgcorral[{}]: INFO ", s.pooler.pid())),
+        "{started}"
+    );
+    let client = records.last().unwrap();
+    assert!(client.starts_with("<30>pgcorral["), "{client}");
+    assert!(
+        !client.ends_with('\n'),
+        "one record per datagram, no newline"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Map, Value};
 
 /// `-c` when it is not given.
@@ -14,18 +14,79 @@ pub const PROTOCOL_VERSION: u64 = 1;
 #[command(
     name = "pgcorral-ctl",
     version,
-    about = "Control a running pgcorral over its control socket",
-    disable_help_subcommand = true
+    about = "Control a running pgcorral over its control socket, or remotely (-h) over its management port",
+    disable_help_subcommand = true,
+    // -h is the host, as in psql and pgagroal-cli; help is --help only.
+    disable_help_flag = true
 )]
 pub struct Cli {
-    /// pgcorral.conf of the daemon (read for unix_socket_dir and port)
+    /// pgcorral.conf of the daemon (read for unix_socket_dir and port; not used with -h)
     #[arg(short = 'c', long = "config", value_name = "CONF", default_value = DEFAULT_CONF, global = true)]
     pub config: PathBuf,
+    /// Remote management: the daemon's host (its `management` port is -p); skips the local socket
+    #[arg(short = 'h', long = "host", value_name = "HOST", global = true)]
+    pub host: Option<String>,
+    /// Remote management: the daemon's `management` port (with -h)
+    #[arg(short = 'p', long = "port", value_name = "PORT", global = true)]
+    pub port: Option<u16>,
+    /// Remote management: the admin user (with -h; an entry of the daemon's admins file -A)
+    #[arg(short = 'U', long = "user", value_name = "USER", global = true)]
+    pub user: Option<String>,
+    /// Remote management: the admin's password (else $PGCORRAL_PASSWORD, else a prompt on a terminal)
+    #[arg(short = 'P', long = "password", value_name = "PASSWORD", global = true)]
+    pub password: Option<String>,
+    /// Print help
+    #[arg(long = "help", action = ArgAction::Help, global = true)]
+    pub help: Option<bool>,
     /// Output format
     #[arg(short = 'F', long = "format", value_enum, default_value_t = Format::Text, global = true)]
     pub format: Format,
     #[command(subcommand)]
     pub command: Cmd,
+}
+
+/// Where a remote request goes (-h, -p, -U): the password is resolved separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteTarget {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+}
+
+impl Cli {
+    /// `Ok(None)`: local control socket; `Ok(Some)`: remote management. `Err`: a usage error
+    /// (-p, -U or -P without -h, or -h without -p or -U).
+    pub fn remote_target(&self) -> Result<Option<RemoteTarget>, String> {
+        match &self.host {
+            None => {
+                if self.port.is_some() || self.user.is_some() || self.password.is_some() {
+                    return Err("-p, -U and -P are for remote management and need -h HOST".into());
+                }
+                Ok(None)
+            }
+            Some(host) => {
+                if host.is_empty() {
+                    return Err("-h needs a host name or address".into());
+                }
+                let port = self
+                    .port
+                    .ok_or("-h needs -p PORT (the daemon's management port)")?;
+                if port == 0 {
+                    return Err("-p 0 is not a port".into());
+                }
+                let user = self
+                    .user
+                    .clone()
+                    .filter(|u| !u.is_empty())
+                    .ok_or("-h needs -U USER (an admin of the daemon's admins file)")?;
+                Ok(Some(RemoteTarget {
+                    host: host.clone(),
+                    port,
+                    user,
+                }))
+            }
+        }
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,5 +546,62 @@ mod tests {
         usage_error(&[]);
         usage_error(&["frobnicate"]);
         usage_error(&["ping", "extra"]);
+    }
+
+    #[test]
+    fn remote_options() {
+        let cli = parse(&["ping"]).unwrap();
+        assert_eq!(cli.remote_target().unwrap(), None);
+        let cli = parse(&["-h", "db.example", "-p", "2346", "-U", "admin", "ping"]).unwrap();
+        assert_eq!(
+            cli.remote_target().unwrap(),
+            Some(RemoteTarget {
+                host: "db.example".into(),
+                port: 2346,
+                user: "admin".into()
+            })
+        );
+        assert_eq!(cli.password, None);
+        let cli = parse(&[
+            "status",
+            "--host",
+            "::1",
+            "--port",
+            "9",
+            "--user",
+            "a",
+            "--password",
+            "pw",
+        ])
+        .unwrap();
+        assert_eq!(cli.remote_target().unwrap().unwrap().host, "::1");
+        assert_eq!(cli.password.as_deref(), Some("pw"));
+        let cli = parse(&[
+            "-h", "x", "-p", "1", "-U", "a", "-P", "s", "-F", "json", "ping",
+        ])
+        .unwrap();
+        assert_eq!(cli.password.as_deref(), Some("s"));
+        assert_eq!(cli.format, Format::Json);
+        // Incomplete or misplaced remote options are usage errors.
+        for args in [
+            &["-h", "x", "ping"][..],
+            &["-h", "x", "-p", "1", "ping"],
+            &["-h", "x", "-U", "a", "ping"],
+            &["-h", "x", "-p", "0", "-U", "a", "ping"],
+            &["-p", "1", "ping"],
+            &["-U", "a", "ping"],
+            &["-P", "pw", "ping"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(cli.remote_target().is_err(), "{args:?} accepted");
+        }
+        usage_error(&["-h", "x", "-p", "notaport", "-U", "a", "ping"]);
+        usage_error(&["-h", "x", "-p", "70000", "-U", "a", "ping"]);
+        // --help still works (exit 0), -h is no longer help.
+        match parse(&["--help"]) {
+            Err(e) => assert_eq!(e.exit_code(), 0),
+            Ok(_) => panic!("--help parsed as a command line"),
+        }
+        usage_error(&["-h"]);
     }
 }

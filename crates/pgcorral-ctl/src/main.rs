@@ -3,13 +3,21 @@
 //!
 //! ```text
 //! pgcorral-ctl [-c CONF] [--format text|json] COMMAND [ARGS]
+//! pgcorral-ctl -h HOST -p PORT -U USER [-P PASSWORD] [--format text|json] COMMAND [ARGS]
 //! ```
 //!
-//! Exit status: 0 success; 1 the daemon answered with an error; 2 usage error; 3 the daemon cannot
-//! be reached (no socket, connection refused, permission denied, timeout, malformed response).
+//! With `-h` the request goes to the daemon's remote management port (`management = PORT`) after
+//! SCRAM-SHA-256 as an admin of its admins file (see `remote`); `-c` is then not read. The password
+//! comes from `-P`, else `$PGCORRAL_PASSWORD`, else a prompt without echo on the terminal.
+//!
+//! Exit status: 0 success; 1 the daemon answered with an error, or refused the credentials
+//! ("authentication failed"); 2 usage error; 3 the daemon cannot be reached (no socket, connection
+//! refused, permission denied, timeout, malformed response).
 
 mod cli;
 mod frame;
+mod password;
+mod remote;
 mod text;
 
 use std::io::Write;
@@ -21,7 +29,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::Value;
 
-use cli::{Cli, Format, Request};
+use cli::{Cli, Format, RemoteTarget, Request};
 
 const EXIT_OK: u8 = 0;
 const EXIT_DAEMON_ERROR: u8 = 1;
@@ -30,6 +38,9 @@ const EXIT_UNREACHABLE: u8 = 3;
 
 /// Read and write timeout on the control socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The start of the message of a refused login (printed without the "error: " prefix).
+const AUTH_FAILED: &str = "authentication failed";
 
 /// A failure that ends the program: exit status and message.
 struct Failure(u8, String);
@@ -60,9 +71,8 @@ fn parse_response(body: &[u8]) -> Result<Value, String> {
     }
 }
 
-/// Sends `req` on `socket` and returns the raw response and the parsed document.
-fn exchange(socket: &Path, req: &Request) -> Result<(Vec<u8>, Value), Failure> {
-    let unreachable = |what: String| Failure(EXIT_UNREACHABLE, what);
+/// The request document as bytes; a usage error when it is over the daemon's limit.
+fn payload(req: &Request) -> Result<Vec<u8>, Failure> {
     let payload = serde_json::to_vec(&req.to_json()).expect("serialise request");
     if payload.len() > frame::MAX_REQUEST {
         return Err(Failure(
@@ -74,6 +84,44 @@ fn exchange(socket: &Path, req: &Request) -> Result<(Vec<u8>, Value), Failure> {
             ),
         ));
     }
+    Ok(payload)
+}
+
+/// Sends `req` to a remote daemon's management port and returns the raw response and the parsed
+/// document.
+fn exchange_remote(
+    target: &RemoteTarget,
+    password: &str,
+    req: &Request,
+) -> Result<(Vec<u8>, Value), Failure> {
+    let payload = payload(req)?;
+    let where_ = format!("{}:{}", target.host, target.port);
+    let fail = |e: remote::RemoteError| match e {
+        remote::RemoteError::Auth(m) => Failure(
+            EXIT_DAEMON_ERROR,
+            format!("{AUTH_FAILED}: {where_} as \"{}\": {m}", target.user),
+        ),
+        remote::RemoteError::Refused(m) => Failure(
+            EXIT_DAEMON_ERROR,
+            format!("{where_} refused the connection: {m}"),
+        ),
+        remote::RemoteError::Unreachable(m) => Failure(EXIT_UNREACHABLE, format!("{where_}: {m}")),
+    };
+    let mut stream = remote::connect(&target.host, target.port, IO_TIMEOUT).map_err(&fail)?;
+    let body = remote::exchange(&mut stream, &target.user, password, &payload).map_err(&fail)?;
+    let doc = parse_response(&body).map_err(|e| {
+        Failure(
+            EXIT_UNREACHABLE,
+            format!("malformed response from {where_}: {e}"),
+        )
+    })?;
+    Ok((body, doc))
+}
+
+/// Sends `req` on `socket` and returns the raw response and the parsed document.
+fn exchange(socket: &Path, req: &Request) -> Result<(Vec<u8>, Value), Failure> {
+    let unreachable = |what: String| Failure(EXIT_UNREACHABLE, what);
+    let payload = payload(req)?;
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| unreachable(format!("cannot connect to {}: {e}", socket.display())))?;
     stream
@@ -102,8 +150,15 @@ fn run(cli: &Cli) -> Result<u8, Failure> {
         .command
         .to_request()
         .map_err(|e| Failure(EXIT_USAGE, e))?;
-    let socket = control_socket(&cli.config)?;
-    let (body, doc) = exchange(&socket, &req)?;
+    let target = cli.remote_target().map_err(|e| Failure(EXIT_USAGE, e))?;
+    let (body, doc) = match &target {
+        Some(t) => {
+            let pw = password::resolve(cli.password.as_deref(), &t.user, &t.host)
+                .map_err(|e| Failure(EXIT_USAGE, e))?;
+            exchange_remote(t, &pw, &req)?
+        }
+        None => exchange(&control_socket(&cli.config)?, &req)?,
+    };
     let ok = doc.get("status").and_then(Value::as_str) == Some("ok");
     let result = doc.get("result").cloned().unwrap_or(Value::Null);
     // A reload refused because keys need a restart is a failed command too.
@@ -148,7 +203,11 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(Failure(code, msg)) => {
-            eprintln!("pgcorral-ctl: error: {msg}");
+            if msg.starts_with(AUTH_FAILED) {
+                eprintln!("pgcorral-ctl: {msg}");
+            } else {
+                eprintln!("pgcorral-ctl: error: {msg}");
+            }
             ExitCode::from(code)
         }
     }

@@ -32,8 +32,10 @@ pub struct PgcorralOptions {
     /// Extra `key = value` lines for the `[pgcorral]` section. A line whose key is one the kit
     /// writes itself (e.g. `max_connections`) replaces the kit's line in place.
     pub extra_main: Vec<String>,
-    /// User files to encrypt and pass with `-u`, `-F` and `-S` (default none).
+    /// User files to encrypt and pass with `-u`, `-F`, `-A` and `-S` (default none).
     pub vault: Option<Vault>,
+    /// Extra environment variables of the daemon (e.g. `NOTIFY_SOCKET`; default none).
+    pub env: Vec<(String, String)>,
 }
 
 /// The users pgcorral gets secrets for: written with a fresh master key under the daemon's home.
@@ -45,6 +47,8 @@ pub struct Vault {
     pub frontend: Vec<(String, String)>,
     /// The auth_query superuser (`-S`).
     pub superuser: Option<(String, String)>,
+    /// Remote management admins (`-A`; omitted when empty).
+    pub admins: Vec<(String, String)>,
 }
 
 impl Vault {
@@ -81,6 +85,9 @@ fn write_vault(v: &Vault, dir: &Path, home: &Path) -> Vec<String> {
     if !v.frontend.is_empty() {
         write("-F", "pgcorral_frontend_users.conf", &v.frontend);
     }
+    if !v.admins.is_empty() {
+        write("-A", "pgcorral_admins.conf", &v.admins);
+    }
     if let Some(su) = &v.superuser {
         write("-S", "pgcorral_superuser.conf", std::slice::from_ref(su));
     }
@@ -98,6 +105,7 @@ impl Default for PgcorralOptions {
             limits: Vec::new(),
             extra_main: Vec::new(),
             vault: None,
+            env: Vec::new(),
         }
     }
 }
@@ -308,6 +316,9 @@ impl Pgcorral {
             .current_dir(&dir)
             .env("HOME", &dir)
             .env("RUST_BACKTRACE", "1");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         if let Some((uid, gid)) = ids {
             cmd.uid(uid).gid(gid);
             cmd.env("USER", "postgres").env("LOGNAME", "postgres");

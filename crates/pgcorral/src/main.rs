@@ -323,20 +323,6 @@ fn main() {
             }
         }
     }
-    let mut management_listeners = Vec::new();
-    if main.management != 0 {
-        for addr in listen_addresses(&main.host, main.management) {
-            match tcp_listener(addr, 16) {
-                Ok(l) => management_listeners.push(l),
-                Err(e) if main.host == "*" && addr.is_ipv6() => {
-                    log::warn!("remote management not listening on {addr}: {e}")
-                }
-                Err(e) => remove_pidfile_and_fail(format!(
-                    "cannot listen for remote management on {addr}: {e}"
-                )),
-            }
-        }
-    }
     let socket_path = main.unix_socket_dir.join(format!(".s.PGSQL.{}", main.port));
     match unix_listener(&socket_path, 0o777) {
         Ok(l) => listeners.push(daemon::Listener::Unix(l, socket_path.clone())),

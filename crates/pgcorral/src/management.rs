@@ -468,13 +468,16 @@ impl Daemon {
         if !restart.is_empty() {
             return Err(ReloadError::Restart(restart));
         }
-        let secrets = self.ctx.secrets.reload(
-            f.users.as_deref(),
-            f.frontend.as_deref(),
-            f.admins.as_deref(),
-            f.superuser.as_deref(),
-        )
-        .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let secrets = self
+            .ctx
+            .secrets
+            .reload(
+                f.users.as_deref(),
+                f.frontend.as_deref(),
+                f.admins.as_deref(),
+                f.superuser.as_deref(),
+            )
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
         if config.main.auth_query && secrets.superuser().is_none() {
             return Err(ReloadError::Invalid(
                 "auth_query = on needs the superuser file (-S)".into(),
