@@ -163,6 +163,8 @@ pub struct MainConfig {
     pub log_connections: bool,
     pub log_disconnections: bool,
     pub update_process_title: ProcessTitle,
+    /// Workers run under SCHED_BATCH (`worker_scheduler = batch`, the default) or SCHED_OTHER (`normal`).
+    pub worker_sched_batch: bool,
     /// Users not in the users vault may log in with pass-through authentication (default on).
     pub allow_unknown_users: bool,
     /// Look up the secret of users not in the vault in PostgreSQL, as the `-S` superuser.

@@ -229,6 +229,7 @@ fn parse_main(
     let mut log_connections = false;
     let mut log_disconnections = false;
     let mut update_process_title = ProcessTitle::Verbose;
+    let mut worker_sched_batch = true;
     let mut allow_unknown_users = true;
     let mut auth_query = false;
     let mut auth_query_function = String::new();
@@ -327,6 +328,13 @@ fn parse_main(
                     )
                 })?
             }
+            "worker_scheduler" => {
+                worker_sched_batch = match value.to_ascii_lowercase().as_str() {
+                    "batch" => true,
+                    "normal" => false,
+                    _ => return Err(bad(path, entry, "use batch or normal")),
+                }
+            }
             "management" => {
                 management = parse_uint(value, 0, 65535).map_err(|r| bad(path, entry, r))? as u16
             }
@@ -412,6 +420,7 @@ fn parse_main(
         log_connections,
         log_disconnections,
         update_process_title,
+        worker_sched_batch,
         allow_unknown_users,
         auth_query,
         auth_query_function,

@@ -73,6 +73,7 @@ pub const MAIN_KEYS: &[&str] = &[
     "log_connections",
     "log_disconnections",
     "update_process_title",
+    "worker_scheduler",
     "blocking_timeout",
     "authentication_timeout",
     "keep_alive",
@@ -130,6 +131,12 @@ impl MainConfig {
             }
             .to_string(),
             "log_connections" => on_off(self.log_connections),
+            "worker_scheduler" => if self.worker_sched_batch {
+                "batch"
+            } else {
+                "normal"
+            }
+            .to_string(),
             "log_disconnections" => on_off(self.log_disconnections),
             "update_process_title" => match self.update_process_title {
                 ProcessTitle::Never => "never",
@@ -173,6 +180,17 @@ impl MainConfig {
             "log_rotation_size" => self.log_rotation_size = crate::values::parse_size(value)?,
             "log_rotation_age" => self.log_rotation_age = parse_time(value)?,
             "log_connections" => self.log_connections = parse_bool(value)?,
+            "worker_scheduler" => {
+                self.worker_sched_batch = match value.to_ascii_lowercase().as_str() {
+                    "batch" => true,
+                    "normal" => false,
+                    _ => {
+                        return Err(format!(
+                            "invalid worker_scheduler '{value}': use batch or normal"
+                        ))
+                    }
+                }
+            }
             "log_disconnections" => self.log_disconnections = parse_bool(value)?,
             "update_process_title" => {
                 self.update_process_title = ProcessTitle::parse(value)
