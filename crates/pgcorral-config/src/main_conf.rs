@@ -193,6 +193,23 @@ fn note_duplicate(
     }
 }
 
+/// The warning for a key pgcorral ignores: one of pgagroal's it does not support yet, or an unknown one.
+fn ignored_key(
+    path: &Path,
+    section: &Section,
+    entry: &Entry,
+    key: &str,
+    not_yet: &[&str],
+) -> (usize, String) {
+    let (at, line, name) = (path.display(), entry.line, &section.name);
+    let text = if not_yet.contains(&key) {
+        format!("{at}:{line}: key '{key}' in section [{name}] is not supported yet, ignored")
+    } else {
+        format!("{at}:{line}: unknown key '{key}' in section [{name}], ignored")
+    };
+    (line, text)
+}
+
 fn non_empty(path: &Path, entry: &Entry) -> Result<String, ConfigError> {
     if entry.value.is_empty() {
         Err(bad(path, entry, "must not be empty"))
@@ -363,25 +380,12 @@ fn parse_main(
                     Some(PathBuf::from(value))
                 }
             }
-            key if UNSUPPORTED_MAIN_KEYS.contains(&key) => warnings.push((
-                entry.line,
-                format!(
-                    "{}:{}: key '{}' in section [{}] is not supported yet, ignored",
-                    path.display(),
-                    entry.line,
-                    key,
-                    section.name
-                ),
-            )),
-            key => warnings.push((
-                entry.line,
-                format!(
-                    "{}:{}: unknown key '{}' in section [{}], ignored",
-                    path.display(),
-                    entry.line,
-                    key,
-                    section.name
-                ),
+            key => warnings.push(ignored_key(
+                path,
+                section,
+                entry,
+                key,
+                UNSUPPORTED_MAIN_KEYS,
             )),
         }
     }
@@ -484,25 +488,12 @@ fn parse_servers(
                 "primary" => {
                     primary = parse_bool(&entry.value).map_err(|r| bad(path, entry, r))?;
                 }
-                key if UNSUPPORTED_SERVER_KEYS.contains(&key) => warnings.push((
-                    entry.line,
-                    format!(
-                        "{}:{}: key '{}' in section [{}] is not supported yet, ignored",
-                        path.display(),
-                        entry.line,
-                        key,
-                        section.name
-                    ),
-                )),
-                key => warnings.push((
-                    entry.line,
-                    format!(
-                        "{}:{}: unknown key '{}' in section [{}], ignored",
-                        path.display(),
-                        entry.line,
-                        key,
-                        section.name
-                    ),
+                key => warnings.push(ignored_key(
+                    path,
+                    section,
+                    entry,
+                    key,
+                    UNSUPPORTED_SERVER_KEYS,
                 )),
             }
         }

@@ -57,19 +57,19 @@ impl Header {
     }
 }
 
-fn begin(buf: &mut Vec<u8>, tag: u8) -> usize {
+pub(crate) fn begin(buf: &mut Vec<u8>, tag: u8) -> usize {
     let at = buf.len();
     buf.push(tag);
     buf.extend_from_slice(&[0, 0, 0, 0]);
     at
 }
 
-fn finish(buf: &mut [u8], at: usize) {
+pub(crate) fn finish(buf: &mut [u8], at: usize) {
     let len = (buf.len() - at - 1) as u32;
     buf[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
 }
 
-fn cstr(buf: &mut Vec<u8>, s: &str) {
+pub(crate) fn cstr(buf: &mut Vec<u8>, s: &str) {
     // A NUL inside a string would end it early on the other side: drop it.
     buf.extend(s.bytes().filter(|&b| b != 0));
     buf.push(0);

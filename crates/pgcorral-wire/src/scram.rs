@@ -641,22 +641,7 @@ impl ScramServer {
     }
 }
 
-fn begin(buf: &mut Vec<u8>, tag: u8) -> usize {
-    let at = buf.len();
-    buf.push(tag);
-    buf.extend_from_slice(&[0, 0, 0, 0]);
-    at
-}
-
-fn finish(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at - 1) as u32;
-    buf[at + 1..at + 5].copy_from_slice(&len.to_be_bytes());
-}
-
-fn cstr(buf: &mut Vec<u8>, s: &str) {
-    buf.extend(s.bytes().filter(|&b| b != 0));
-    buf.push(0);
-}
+use crate::messages::{begin, cstr, finish};
 
 /// SASLInitialResponse: the chosen mechanism and client-first-message.
 pub fn sasl_initial_response(buf: &mut Vec<u8>, mechanism: &str, data: &[u8]) {

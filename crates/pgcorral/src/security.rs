@@ -134,16 +134,7 @@ pub fn verify_pooled_client(
     let mut buf = Vec::new();
     messages::authentication_cleartext(&mut buf);
     write_all(fd, &buf, deadline)?;
-    let msg = read_message(fd, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
-    if msg.tag != tag::PASSWORD {
-        return Err(AuthError::refuse(
-            "08P01",
-            format!(
-                "expected a password response, got message type {}",
-                msg.tag as char
-            ),
-        ));
-    }
+    let msg = read_client_response(fd, deadline)?;
     let password = messages::parse_password(&msg.body)
         .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
     let digest = password_digest(&record.password_salt, password);
@@ -364,16 +355,7 @@ fn relay_client_answer(
     server: RawFd,
     deadline: Instant,
 ) -> Result<Message, AuthError> {
-    let answer = read_message(client, MAX_AUTH_MESSAGE_LENGTH, deadline)?;
-    if answer.tag != tag::PASSWORD {
-        return Err(AuthError::refuse(
-            "08P01",
-            format!(
-                "expected an authentication response, got message type {}",
-                answer.tag as char
-            ),
-        ));
-    }
+    let answer = read_client_response(client, deadline)?;
     let mut out = Vec::with_capacity(answer.body.len() + 5);
     answer.encode_into(&mut out);
     write_all(server, &out, deadline)?;
