@@ -317,3 +317,44 @@ fn prefill_opens_initial_size_and_keeps_min_size() {
     let mut c = must_connect(s.pooler.port, SCRAM_USER.user, Some(SCRAM_USER.password));
     assert_eq!(c.query_one("SELECT 1", &[]).unwrap().get::<_, i32>(0), 1);
 }
+
+#[test]
+fn auth_query_through_an_operator_function() {
+    let s = setup(vault_opts(
+        Vault {
+            users: vec![],
+            superuser: Some(("postgres".into(), "superuser-password-unused".into())),
+            ..Default::default()
+        },
+        &["host all all all scram-sha-256"],
+        &["pgcorral_test fn_role 2"],
+        &[
+            "auth_query = on",
+            "auth_query_function = public.pgcorral_secret",
+        ],
+    ));
+    let secret = "fn-cleartext-41b";
+    s.cluster.psql(&format!(
+        "SET password_encryption = 'scram-sha-256'; CREATE ROLE fn_role LOGIN PASSWORD '{secret}'; \
+         GRANT CONNECT ON DATABASE pgcorral_test TO fn_role"
+    ));
+    // The function only answers for fn_role: a role it hides cannot log in through pgcorral.
+    s.cluster.psql_db(
+        TEST_DB,
+        "CREATE FUNCTION public.pgcorral_secret(u text) RETURNS text LANGUAGE sql SECURITY DEFINER AS \
+         $$ SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = u AND u = 'fn_role' $$",
+    );
+    let mut c = connect(s.pooler.port, "fn_role", Some(secret))
+        .unwrap_or_else(|e| panic!("fn_role: {e} ({})", sqlstate(&e)));
+    let who: String = c.query_one("SELECT current_user", &[]).unwrap().get(0);
+    assert_eq!(who, "fn_role");
+    drop(c);
+    let e = connect(s.pooler.port, "fn_role", Some("wrong"))
+        .err()
+        .expect("wrong password accepted");
+    assert_eq!(sqlstate(&e), "28P01");
+    let e = connect(s.pooler.port, SCRAM_USER.user, Some(SCRAM_USER.password))
+        .err()
+        .expect("a role the function hides was let in");
+    assert_eq!(sqlstate(&e), "28P01");
+}
