@@ -144,7 +144,12 @@ fn args_of(pid: i32) -> String {
 #[test]
 fn process_titles_name_main_and_each_client() {
     let s = setup(opts("performance", &[]));
-    assert_eq!(args_of(s.pooler.pid()), "pgcorral: main");
+    assert!(
+        wait_until(Duration::from_secs(5), || args_of(s.pooler.pid())
+            == "pgcorral: main"),
+        "main's title: {:?}",
+        args_of(s.pooler.pid())
+    );
     let _c = must_connect(s.pooler.port, TRUST_USER.user, None);
     let want = "pgcorral: trust_user@127.0.0.1/pgcorral_test";
     assert!(

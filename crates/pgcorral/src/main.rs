@@ -261,6 +261,9 @@ fn main() {
         fail("-d (daemon mode) needs log_type = file: a daemon has no console to log to");
     }
     logging::init(&config).unwrap_or_else(|e| fail(e));
+    // The command line has been parsed (std never reads argv again), so its memory can hold the title;
+    // set before any socket exists, so nobody can see the daemon up under its old name.
+    title::set(config.main.update_process_title, "pgcorral: main");
     for w in &warnings {
         log::warn!("{w}");
     }
@@ -382,7 +385,6 @@ fn main() {
         admins: cli.admins.clone(),
         superuser: cli.superuser.clone(),
     };
-    let ctx_title_setting = config.main.update_process_title;
     let ctx = context::Context {
         config,
         region,
@@ -412,7 +414,6 @@ fn main() {
         cleanup,
     )
     .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot start the event loop: {e}")));
-    title::set(ctx_title_setting, "pgcorral: main");
     notify::notify("READY=1");
     std::process::exit(daemon.run());
 }
