@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::ini::read_lines;
+use crate::values::column_error;
 use crate::{ConfigError, HbaAddress, HbaMethod, HbaRule, HbaType};
 
 /// Strips a `#` comment and splits the rest on whitespace.
@@ -22,21 +23,6 @@ pub(crate) fn load(path: &Path) -> Result<Vec<HbaRule>, ConfigError> {
         rules.push(parse_rule(path, line, &cols)?);
     }
     Ok(rules)
-}
-
-fn column_error(
-    path: &Path,
-    line: usize,
-    n: usize,
-    name: &str,
-    value: &str,
-    reason: &str,
-) -> ConfigError {
-    ConfigError::Syntax {
-        path: path.to_path_buf(),
-        line,
-        message: format!("column {n} ({name}): invalid value '{value}': {reason}"),
-    }
 }
 
 fn parse_rule(path: &Path, line: usize, cols: &[&str]) -> Result<HbaRule, ConfigError> {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use crate::hba::columns;
 use crate::ini::read_lines;
+use crate::values::column_error;
 use crate::{ConfigError, LimitRule};
 
 /// The most aliases one rule may have.
@@ -24,21 +25,6 @@ struct Raw {
     initial: Size,
     min: Size,
     line: usize,
-}
-
-fn column_error(
-    path: &Path,
-    line: usize,
-    n: usize,
-    name: &str,
-    value: &str,
-    reason: &str,
-) -> ConfigError {
-    ConfigError::Syntax {
-        path: path.to_path_buf(),
-        line,
-        message: format!("column {n} ({name}): invalid value '{value}': {reason}"),
-    }
 }
 
 pub(crate) fn load(

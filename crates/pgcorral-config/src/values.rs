@@ -74,6 +74,22 @@ pub(crate) fn parse_size(value: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{value}' is too large"))
 }
 
+/// The error for a bad column of a whitespace-separated file (HBA, limits), naming file, line and column.
+pub(crate) fn column_error(
+    path: &std::path::Path,
+    line: usize,
+    n: usize,
+    name: &str,
+    value: &str,
+    reason: &str,
+) -> crate::ConfigError {
+    crate::ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        message: format!("column {n} ({name}): invalid value '{value}': {reason}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
