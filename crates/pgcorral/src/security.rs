@@ -17,8 +17,8 @@ use pgcorral_wire::{
     ScramClient, ScramSecret, ScramServer,
 };
 use pgcorral_wire::{
-    md5_password_hash, md5_salted, parse_startup, startup_packet_length, StartupMessage,
-    StartupRequest, WireError, MAX_AUTH_MESSAGE_LENGTH,
+    ct_eq, md5_password_hash, md5_salted, md5_verify, parse_startup, startup_packet_length,
+    Md5Secret, StartupMessage, StartupRequest, WireError, MAX_AUTH_MESSAGE_LENGTH,
 };
 use ring::digest;
 use std::os::fd::RawFd;
@@ -138,7 +138,7 @@ pub fn verify_pooled_client(
     let password = messages::parse_password(&msg.body)
         .map_err(|e| AuthError::refuse("08P01", e.to_string()))?;
     let digest = password_digest(&record.password_salt, password);
-    if io::constant_time_eq(&digest, &record.password_hash) {
+    if ct_eq(&digest, &record.password_hash) {
         Ok(())
     } else {
         Err(AuthError::refuse(
@@ -156,6 +156,18 @@ pub struct BackendLogin {
     /// ParameterStatus messages as the server sent them.
     pub params: Vec<u8>,
     pub backend_key: (i32, i32),
+}
+
+impl BackendLogin {
+    fn new(method: AuthMethod) -> BackendLogin {
+        BackendLogin {
+            method,
+            password_salt: [0; 16],
+            password_hash: [0; 32],
+            params: Vec::new(),
+            backend_key: (0, 0),
+        }
+    }
 }
 
 fn method_allowed(hba: HbaMethod, server: &Authentication<'_>) -> bool {
@@ -185,13 +197,7 @@ pub fn login_backend(
     deadline: Instant,
 ) -> Result<BackendLogin, AuthError> {
     write_all(server, &startup.encode(), deadline)?;
-    let mut login = BackendLogin {
-        method: AuthMethod::Unknown,
-        password_salt: [0; 16],
-        password_hash: [0; 32],
-        params: Vec::new(),
-        backend_key: (0, 0),
-    };
+    let mut login = BackendLogin::new(AuthMethod::Unknown);
     let mut out = Vec::with_capacity(256);
     let mut challenged = false;
     // Authentication phase.
@@ -503,17 +509,17 @@ pub fn authenticate_client(
             let given = std::str::from_utf8(given).map_err(|_| auth_failed(user))?;
             let ok = match secret {
                 // Digests first: comparing the passwords themselves would leak their length.
-                ClientSecret::Password(p) => io::constant_time_eq(
+                ClientSecret::Password(p) => ct_eq(
                     digest::digest(&digest::SHA256, given.as_bytes()).as_ref(),
                     digest::digest(&digest::SHA256, p.as_bytes()).as_ref(),
                 ),
                 ClientSecret::Md5(h) => {
-                    io::constant_time_eq(md5_password_hash(user, given).as_bytes(), h.as_bytes())
+                    ct_eq(md5_password_hash(user, given).as_bytes(), h.as_bytes())
                 }
                 ClientSecret::Scram(s) => {
                     let derived = ScramSecret::from_password(given, &s.salt, s.iterations);
-                    io::constant_time_eq(&derived.stored_key, &s.stored_key)
-                        && io::constant_time_eq(&derived.server_key, &s.server_key)
+                    ct_eq(&derived.stored_key, &s.stored_key)
+                        && ct_eq(&derived.server_key, &s.server_key)
                 }
             };
             if !ok {
@@ -533,7 +539,7 @@ pub fn authenticate_client(
                 ClientSecret::Md5(h) => h.clone(),
                 ClientSecret::Scram(_) => return Err(auth_failed(user)),
             };
-            if !io::constant_time_eq(md5_salted(&stored, salt).as_bytes(), answer) {
+            if !md5_verify(Md5Secret::Stored(&stored), user, salt, answer) {
                 return Err(auth_failed(user));
             }
             Ok(Some(BackendCredential::Md5Hash(stored)))
@@ -620,13 +626,7 @@ pub fn login_backend_as_pooler(
 ) -> Result<BackendLogin, AuthError> {
     let user = startup.user().unwrap_or("");
     write_all(server, &startup.encode(), deadline)?;
-    let mut login = BackendLogin {
-        method: AuthMethod::Pooler,
-        password_salt: [0; 16],
-        password_hash: [0; 32],
-        params: Vec::new(),
-        backend_key: (0, 0),
-    };
+    let mut login = BackendLogin::new(AuthMethod::Pooler);
     let mut scram: Option<ScramClient> = None;
     let mut out = Vec::with_capacity(256);
     let missing = |what: &str| {

@@ -4,7 +4,7 @@
 
 use crate::backend;
 use crate::context::Context;
-use crate::io::{self, constant_time_eq, write_all};
+use crate::io::{self, write_all};
 use crate::pipeline::{self, Pipeline};
 use crate::pool::{self, PoolError, PoolKey};
 use crate::security::{self, send_fatal, AuthError};
@@ -585,7 +585,7 @@ fn forward_cancel(ctx: &Context, pid: i32, secret: i32) {
             continue;
         }
         let (cpid, csecret) = slot.client_key();
-        if cpid != pid || !constant_time_eq(&csecret.to_be_bytes(), &secret.to_be_bytes()) {
+        if cpid != pid || !pgcorral_wire::ct_eq(&csecret.to_be_bytes(), &secret.to_be_bytes()) {
             continue;
         }
         let backend_key = slot.backend_key();
