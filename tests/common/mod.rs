@@ -115,3 +115,200 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).trim().to_string()
 }
+
+// ---- transaction pipeline helpers (tests/transaction.rs, tests/transaction_clients.rs) --------
+
+/// Options for `pipeline = transaction` with a pool of `max_size` backends for `user` in the test
+/// database, plus extra `pgcorral.conf` lines (e.g. `max_prepared_statements = 2`).
+pub fn tx_opts(user: &str, max_size: usize, extra_main: &[&str]) -> PgcorralOptions {
+    PgcorralOptions {
+        pipeline: "transaction",
+        limits: vec![format!("{TEST_DB} {user} {max_size}")],
+        extra_main: extra_main.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The Rust `postgres` client over TCP with an `application_name`.
+pub fn connect_app(port: u16, user: &str, app: &str) -> Client {
+    let mut c = base_config(user, None);
+    c.host("127.0.0.1").port(port).application_name(app);
+    c.connect(NoTls).unwrap_or_else(|e| {
+        panic!(
+            "connect as {user} (application_name {app}) to port {port}: {e} ({})",
+            sqlstate(&e)
+        )
+    })
+}
+
+/// A direct connection to the cluster (not through pgcorral) as superuser `postgres` in the
+/// test database, for watching the backends and preparing tables.
+pub fn cluster_admin(cluster_port: u16) -> Client {
+    let mut c = base_config("postgres", None);
+    c.host("127.0.0.1")
+        .port(cluster_port)
+        .application_name("testkit_admin");
+    c.connect(NoTls)
+        .unwrap_or_else(|e| panic!("direct connection to the cluster as postgres: {e}"))
+}
+
+/// Backends of `user` on the cluster right now, seen through a direct `cluster_admin` client.
+pub fn backends_of(admin: &mut Client, user: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 \
+             AND backend_type = 'client backend'",
+            &[&user],
+        )
+        .expect("count backends")
+        .get(0)
+}
+
+/// Extended-protocol frontend messages for the raw client (`pgcorral_testkit::raw` has the simple
+/// protocol only). Parameters and results are in text format.
+pub mod ext {
+    use pgcorral_testkit::raw::message;
+
+    fn cstr(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(s.as_bytes());
+        b.push(0);
+    }
+
+    /// Parse ('P') of `sql` as statement `name`, parameter types left to the server.
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, name);
+        cstr(&mut b, sql);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        message(b'P', &b)
+    }
+
+    /// Bind ('B') of statement `stmt` into `portal` with text parameters (None = NULL).
+    pub fn bind(portal: &str, stmt: &str, params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        cstr(&mut b, stmt);
+        b.extend_from_slice(&0i16.to_be_bytes()); // all parameters in text
+        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b.extend_from_slice(&0i16.to_be_bytes()); // all results in text
+        message(b'B', &b)
+    }
+
+    /// Describe ('D') of a portal.
+    pub fn describe_portal(portal: &str) -> Vec<u8> {
+        let mut b = vec![b'P'];
+        cstr(&mut b, portal);
+        message(b'D', &b)
+    }
+
+    /// Describe ('D') of a statement.
+    pub fn describe_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        message(b'D', &b)
+    }
+
+    /// Execute ('E') of `portal`, all rows.
+    pub fn execute(portal: &str) -> Vec<u8> {
+        let mut b = Vec::new();
+        cstr(&mut b, portal);
+        b.extend_from_slice(&0i32.to_be_bytes());
+        message(b'E', &b)
+    }
+
+    /// Close ('C') of a statement.
+    pub fn close_statement(name: &str) -> Vec<u8> {
+        let mut b = vec![b'S'];
+        cstr(&mut b, name);
+        message(b'C', &b)
+    }
+
+    /// Sync ('S').
+    pub fn sync() -> Vec<u8> {
+        message(b'S', &[])
+    }
+}
+
+/// A raw protocol client logged in (trust) through pgcorral, 10 s read timeout.
+pub fn raw_login(port: u16, user: &str) -> raw::RawConn {
+    let mut c = raw::RawConn::connect(port);
+    c.set_read_timeout(Duration::from_secs(10));
+    match c.startup(user, TEST_DB) {
+        raw::Outcome::Ready(_) => c,
+        other => panic!("raw login as {user} through port {port}: {other:?}"),
+    }
+}
+
+/// Reads messages until the `n`th ReadyForQuery (ErrorResponses are kept, not fatal). Err on a
+/// close or a read timeout, with the messages read so far.
+pub fn read_ready_n(c: &mut raw::RawConn, n: usize) -> Result<Vec<raw::Message>, String> {
+    let mut msgs = Vec::new();
+    let mut ready = 0;
+    while ready < n {
+        match c.read_message() {
+            raw::Read1::Got(m) => {
+                if m.tag == b'Z' {
+                    ready += 1;
+                }
+                msgs.push(m);
+            }
+            raw::Read1::Closed => {
+                return Err(format!(
+                    "connection closed after {ready} of {n} ReadyForQuery; read: {}",
+                    tags(&msgs)
+                ))
+            }
+            raw::Read1::TimedOut => {
+                return Err(format!(
+                    "read timeout after {ready} of {n} ReadyForQuery; read: {}",
+                    tags(&msgs)
+                ))
+            }
+        }
+    }
+    Ok(msgs)
+}
+
+/// The tags of messages as a string ("12TDCZ"), errors spelled out.
+pub fn tags(msgs: &[raw::Message]) -> String {
+    let mut s = String::new();
+    for m in msgs {
+        match m.error() {
+            Some(e) => s.push_str(&format!("E[{} {}]", e.code, e.message)),
+            None => s.push(m.tag as char),
+        }
+    }
+    s
+}
+
+/// Runs `f` on a thread and waits at most `timeout` for it. Unlike [`with_timeout`], a panic in
+/// `f` is re-raised as it is (its own message is the test failure), and only a real overrun is
+/// reported as a hang. Whatever owns the pooler and the cluster should stay outside `f`, so that
+/// they are stopped when the test fails.
+pub fn run_within<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let h = std::thread::spawn(f);
+    let deadline = std::time::Instant::now() + timeout;
+    while !h.is_finished() {
+        if std::time::Instant::now() >= deadline {
+            panic!("{what}: not finished within {timeout:?} (hang)");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    match h.join() {
+        Ok(v) => v,
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}

@@ -27,7 +27,7 @@ mod main_conf;
 mod values;
 
 pub use limits::MAX_ALIASES;
-pub use main_conf::{MAX_CONNECTIONS, MAX_SERVERS};
+pub use main_conf::{MAX_CONNECTIONS, MAX_PREPARED_STATEMENTS, MAX_SERVERS};
 
 /// Everything that can go wrong while loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,8 @@ pub enum Pipeline {
     Auto,
     Performance,
     Session,
+    /// A backend per transaction, returned at ReadyForQuery with status `I`.
+    Transaction,
 }
 
 /// Where the log goes.
@@ -148,6 +150,11 @@ pub struct MainConfig {
     pub backlog: u32,
     /// Run when a backend returns to the pool; empty means off.
     pub server_reset_query: String,
+    /// Transaction pipeline: run `server_reset_query` after every transaction, not only when the
+    /// client changed session state.
+    pub server_reset_query_always: bool,
+    /// Transaction pipeline: protocol-level prepared statements kept per backend (LRU); 0 = none kept.
+    pub max_prepared_statements: usize,
     /// `None`: the daemon uses `unix_socket_dir/pgcorral.<port>.pid`.
     pub pidfile: Option<PathBuf>,
     /// Remote management TCP port (0 = off): the control protocol after SCRAM against the admins file.

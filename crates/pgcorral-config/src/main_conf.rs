@@ -12,6 +12,8 @@ use crate::{ConfigError, LogLevel, LogType, MainConfig, Pipeline, ProcessTitle, 
 pub const MAX_SERVERS: usize = 64;
 /// The largest `max_connections` pgagroal accepts.
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Most protocol-level prepared statements kept per backend by the transaction pipeline.
+pub const MAX_PREPARED_STATEMENTS: usize = 4096;
 
 /// Names accepted for the main section.
 const MAIN_SECTIONS: [&str; 2] = ["pgcorral", "pgagroal"];
@@ -49,7 +51,6 @@ const UNSUPPORTED_MAIN_KEYS: &[&str] = &[
     "hugepage",
     "tracker",
     "track_prepared_statements",
-    "server_reset_query_always",
     "server_reset_query_behavior_on_failure",
     "health_check",
     "health_check_period",
@@ -237,6 +238,8 @@ fn parse_main(
     let mut nodelay = true;
     let mut backlog = None;
     let mut server_reset_query = "DISCARD ALL".to_string();
+    let mut server_reset_query_always = false;
+    let mut max_prepared_statements = 256usize;
     let mut pidfile = None;
     let mut management = 0u16;
     let mut log_line_prefix = "%Y-%m-%d %H:%M:%S".to_string();
@@ -272,12 +275,14 @@ fn parse_main(
                     "auto" => Pipeline::Auto,
                     "performance" => Pipeline::Performance,
                     "session" => Pipeline::Session,
-                    "transaction" => return Err(bad(
-                        path,
-                        entry,
-                        "the transaction pipeline is not supported yet; use performance or session",
-                    )),
-                    _ => return Err(bad(path, entry, "expected auto, performance or session")),
+                    "transaction" => Pipeline::Transaction,
+                    _ => {
+                        return Err(bad(
+                            path,
+                            entry,
+                            "expected auto, performance, session or transaction",
+                        ))
+                    }
                 }
             }
             "log_type" => {
@@ -316,6 +321,14 @@ fn parse_main(
                 )
             }
             "server_reset_query" => server_reset_query = value.to_string(),
+            "server_reset_query_always" => {
+                server_reset_query_always = parse_bool(value).map_err(|r| bad(path, entry, r))?
+            }
+            "max_prepared_statements" => {
+                max_prepared_statements = parse_uint(value, 0, MAX_PREPARED_STATEMENTS as u64)
+                    .map_err(|r| bad(path, entry, r))?
+                    as usize
+            }
             "log_line_prefix" => log_line_prefix = value.to_string(),
             "log_rotation_size" => {
                 log_rotation_size = parse_size(value).map_err(|r| bad(path, entry, r))?
@@ -415,6 +428,8 @@ fn parse_main(
         nodelay,
         backlog,
         server_reset_query,
+        server_reset_query_always,
+        max_prepared_statements,
         pidfile,
         management,
         log_line_prefix,

@@ -27,6 +27,10 @@ impl Config {
         check("unix_socket_dir", a.unix_socket_dir != b.unix_socket_dir);
         check("max_connections", a.max_connections != b.max_connections);
         check("pipeline", a.pipeline != b.pipeline);
+        check(
+            "max_prepared_statements",
+            a.max_prepared_statements != b.max_prepared_statements,
+        );
         check("log_type", a.log_type != b.log_type);
         check("pidfile", a.pidfile != b.pidfile);
         check("management", a.management != b.management);
@@ -80,6 +84,8 @@ pub const MAIN_KEYS: &[&str] = &[
     "nodelay",
     "backlog",
     "server_reset_query",
+    "server_reset_query_always",
+    "max_prepared_statements",
     "pidfile",
     "management",
     "allow_unknown_users",
@@ -104,6 +110,7 @@ impl MainConfig {
                 Pipeline::Auto => "auto",
                 Pipeline::Performance => "performance",
                 Pipeline::Session => "session",
+                Pipeline::Transaction => "transaction",
             }
             .to_string(),
             "log_type" => match self.log_type {
@@ -151,6 +158,8 @@ impl MainConfig {
             "nodelay" => on_off(self.nodelay),
             "backlog" => self.backlog.to_string(),
             "server_reset_query" => self.server_reset_query.clone(),
+            "server_reset_query_always" => on_off(self.server_reset_query_always),
+            "max_prepared_statements" => self.max_prepared_statements.to_string(),
             "pidfile" => self
                 .pidfile
                 .as_ref()
@@ -207,6 +216,7 @@ impl MainConfig {
             "nodelay" => self.nodelay = parse_bool(value)?,
             "backlog" => self.backlog = parse_uint(value, 1, i32::MAX as u64)? as u32,
             "server_reset_query" => self.server_reset_query = value.to_string(),
+            "server_reset_query_always" => self.server_reset_query_always = parse_bool(value)?,
             "allow_unknown_users" => self.allow_unknown_users = parse_bool(value)?,
             "auth_query" => self.auth_query = parse_bool(value)?,
             "auth_query_cache" => self.auth_query_cache = parse_time(value)?,
@@ -215,6 +225,7 @@ impl MainConfig {
             | "unix_socket_dir"
             | "max_connections"
             | "pipeline"
+            | "max_prepared_statements"
             | "log_type"
             | "pidfile"
             | "log_path"

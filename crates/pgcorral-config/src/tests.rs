@@ -217,14 +217,27 @@ fn bad_value_names_file_line_and_key() {
 }
 
 #[test]
-fn transaction_pipeline_refused() {
-    let e = load_err(&with_main("pipeline = transaction"), HBA_ALL, None);
-    let text = e.to_string();
-    assert!(
-        text.contains("the transaction pipeline is not supported yet; use performance or session"),
-        "{text}"
+fn transaction_pipeline_and_its_keys() {
+    let (c, _) = load_ok(
+        &with_main(
+            "pipeline = transaction\nmax_prepared_statements = 7\nserver_reset_query_always = on",
+        ),
+        HBA_ALL,
+        None,
     );
-    assert!(text.contains(":5: key 'pipeline'"), "{text}");
+    assert_eq!(c.main.pipeline, Pipeline::Transaction);
+    assert_eq!(c.main.max_prepared_statements, 7);
+    assert!(c.main.server_reset_query_always);
+    let (d, _) = load_ok(&with_main("pipeline = transaction"), HBA_ALL, None);
+    assert_eq!(d.main.max_prepared_statements, 256);
+    assert!(!d.main.server_reset_query_always);
+    let e = load_err(&with_main("max_prepared_statements = 5000"), HBA_ALL, None).to_string();
+    assert!(e.contains(":5: key 'max_prepared_statements'"), "{e}");
+    let e = load_err(&with_main("pipeline = statement"), HBA_ALL, None).to_string();
+    assert!(
+        e.contains("expected auto, performance, session or transaction"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -8,12 +8,14 @@
 
 mod admin;
 mod auth_cache;
+mod prepared;
 mod region;
 mod slot;
 mod wait;
 
 pub use admin::MAX_DISABLED;
 pub use auth_cache::{AUTH_CACHE_ENTRIES, SECRET_LEN};
+pub use prepared::{PreparedCell, PreparedSet, SlotStats, StatementId};
 pub use region::{Header, Region, ShmemError, MAX_CAPACITY, MAX_RULES};
 pub use slot::{
     AuthMethod, FixedBytes, Slot, SlotData, SlotState, NAME_LEN, PARAMS_LEN, STARTUP_LEN,

@@ -2,6 +2,7 @@
 
 use crate::admin::DisabledTable;
 use crate::auth_cache::{AuthCacheEntry, AUTH_CACHE_ENTRIES};
+use crate::prepared::{self, PreparedCell, SlotStats};
 use crate::slot::{Slot, SlotDataCell, SlotState};
 use crate::wait::{Waiter, MAX_WAITERS};
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -48,6 +49,14 @@ pub struct Header {
     pub backends_created: AtomicU64,
     pub backends_killed: AtomicU64,
     pub started_at: AtomicI64,
+    /// Microseconds clients spent waiting for a backend, in total.
+    pub wait_time_us: AtomicU64,
+    /// Clients (transactions, in transaction mode) served without waiting in the queue.
+    pub checkouts: AtomicU64,
+    /// One past the highest waiter entry ever used: scans of the queue stop there.
+    pub(crate) waiter_high: AtomicU32,
+    /// Clients sleeping without a queue entry (the queue was full): woken through `release_seq`.
+    pub(crate) unqueued_sleepers: AtomicU32,
 }
 
 /// The shared region: a header, the waiter queue and the slots, in one `MAP_SHARED` mapping.
@@ -59,6 +68,9 @@ pub struct Region {
     slots_at: usize,
     data_at: usize,
     cache_at: usize,
+    stats_at: usize,
+    prepared_at: usize,
+    prepared_capacity: usize,
 }
 
 // SAFETY: the region is a fixed mapping that lives as long as the `Region`; everything in it is reached
@@ -72,8 +84,14 @@ fn align_up(n: usize, a: usize) -> usize {
 }
 
 impl Region {
-    /// Maps a region with `capacity` slots. Call before forking: children inherit the mapping.
+    /// Maps a region with `capacity` slots and no prepared-statement sets.
     pub fn create(capacity: usize) -> Result<Region, ShmemError> {
+        Region::create_with(capacity, 0)
+    }
+
+    /// Maps a region with `capacity` slots, each with room for `prepared` prepared statements. Call
+    /// before forking: children inherit the mapping.
+    pub fn create_with(capacity: usize, prepared: usize) -> Result<Region, ShmemError> {
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(ShmemError::Capacity(capacity));
         }
@@ -81,7 +99,12 @@ impl Region {
         let slots_at = align_up(waiters_at + MAX_WAITERS * std::mem::size_of::<Waiter>(), 64);
         let data_at = align_up(slots_at + capacity * std::mem::size_of::<Slot>(), 64);
         let cache_at = align_up(data_at + capacity * std::mem::size_of::<SlotDataCell>(), 64);
-        let len = cache_at + AUTH_CACHE_ENTRIES * std::mem::size_of::<AuthCacheEntry>();
+        let stats_at = align_up(
+            cache_at + AUTH_CACHE_ENTRIES * std::mem::size_of::<AuthCacheEntry>(),
+            64,
+        );
+        let prepared_at = align_up(stats_at + capacity * std::mem::size_of::<SlotStats>(), 64);
+        let len = prepared_at + capacity * prepared::cell_size(prepared);
         // SAFETY: an anonymous mapping with no address hint has no preconditions. MAP_SHARED (not
         // memmap2's MAP_PRIVATE `map_anon`) is what makes writes visible across fork.
         let base = unsafe {
@@ -108,6 +131,9 @@ impl Region {
             slots_at,
             data_at,
             cache_at,
+            stats_at,
+            prepared_at,
+            prepared_capacity: prepared,
         };
         // The mapping is zero-filled, which is a valid value for every atomic and for slot data; only
         // the fields with non-zero initial values are written.
@@ -151,6 +177,26 @@ impl Region {
         // SAFETY: in range of the data array inside the mapping, aligned (data_at is 64-aligned and
         // SlotDataCell's alignment is at most 8); a zeroed SlotData is valid.
         unsafe { &*(self.base.add(self.data_at) as *const SlotDataCell).add(i) }
+    }
+
+    /// Slot `i`'s counters (same range rule as [`Region::slot`]).
+    pub fn slot_stats(&self, i: usize) -> &SlotStats {
+        assert!(i < self.capacity, "slot index {i} out of range");
+        // SAFETY: in range of the stats array inside the mapping, 64-byte aligned, zeroed atomics.
+        unsafe { &*(self.base.add(self.stats_at) as *const SlotStats).add(i) }
+    }
+
+    /// Slot `i`'s prepared-statement set (same range rule as [`Region::slot`]).
+    pub fn prepared(&self, i: usize) -> PreparedCell {
+        assert!(i < self.capacity, "slot index {i} out of range");
+        let size = prepared::cell_size(self.prepared_capacity);
+        // SAFETY: cell `i` lies inside the mapping (len counts `capacity` cells), 64-byte aligned.
+        unsafe {
+            PreparedCell::new(
+                self.base.add(self.prepared_at + i * size),
+                self.prepared_capacity,
+            )
+        }
     }
 
     pub(crate) fn disabled_table(&self) -> &DisabledTable {

@@ -231,13 +231,15 @@ impl Slot {
     /// The key pgcorral gave the client now using this slot.
     pub fn client_key(&self) -> (i32, i32) {
         (
-            self.client_pid.load(Ordering::Acquire),
-            self.client_secret.load(Ordering::Acquire),
+            self.client_pid.load(Ordering::SeqCst),
+            self.client_secret.load(Ordering::SeqCst),
         )
     }
     pub fn set_client_key(&self, pid: i32, secret: i32) {
-        self.client_pid.store(pid, Ordering::Release);
-        self.client_secret.store(secret, Ordering::Release);
+        // SeqCst: pairs with `SlotStats::cancels_in_flight` (a cancel being forwarded either sees the
+        // key cleared, or is seen by the owner before it hands the backend over).
+        self.client_pid.store(pid, Ordering::SeqCst);
+        self.client_secret.store(secret, Ordering::SeqCst);
     }
     /// Hash of (user, database, options): a cheap first filter when looking for a reusable backend.
     pub fn pool_key(&self) -> u64 {

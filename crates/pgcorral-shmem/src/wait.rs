@@ -1,14 +1,17 @@
-//! Waiting for a slot: a FIFO queue of tickets in the region, and a futex to sleep on.
+//! Waiting for a slot: a FIFO queue of tickets in the region, each entry with its own futex word.
 //!
 //! A client that finds no usable backend takes a ticket (a number from a shared counter) and registers
-//! it with its PID and pool key. It may try to take a backend only when no older ticket with the same
-//! pool key is registered, so clients of one (user, database) are served in arrival order. Between
-//! tries it sleeps on the futex word `release_seq`, which is bumped and woken whenever a backend is
-//! returned or closed: no polling, no back-off. A waiter that gives up (timeout) or dies (main clears
-//! it on SIGCHLD) leaves the queue, which wakes the others.
+//! it with its PID and pool key. It may take a backend only when no older ticket with the same pool key
+//! is registered, so clients of one (user, database) are served in arrival order. A returned backend
+//! wakes exactly one sleeping waiter (the oldest of that pool key, else the oldest of any), by bumping
+//! that entry's futex word: no polling, no back-off, and no herd of hundreds of workers woken for one
+//! backend. A waiter that leaves the queue passes the wake-up on when it did not use it, or when a
+//! backend of its key is still free (a younger waiter may have stood back for it). Clients that found
+//! the queue full sleep on the shared word `release_seq` instead, woken by every release.
 
 use crate::region::Region;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use crate::slot::SlotState;
+use std::sync::atomic::{fence, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Most clients waiting at once with FIFO order; beyond that, clients still wait, unordered.
@@ -23,7 +26,11 @@ pub struct Waiter {
     ticket: AtomicU64,
     key: AtomicU64,
     pid: AtomicI32,
-    _pad: i32,
+    /// Futex word: bumped to wake this waiter.
+    wake: AtomicU32,
+    /// 1 while the waiter is awake (checking) or already woken: releasers pick a sleeping one.
+    awake: AtomicU32,
+    _pad: u32,
 }
 
 /// A registered place in the queue.
@@ -33,12 +40,7 @@ pub struct WaiterTicket {
     ticket: u64,
 }
 
-fn futex(
-    word: &std::sync::atomic::AtomicU32,
-    op: libc::c_int,
-    val: u32,
-    timeout: Option<Duration>,
-) {
+fn futex(word: &AtomicU32, op: libc::c_int, val: u32, timeout: Option<Duration>) {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -64,30 +66,86 @@ fn futex(
 }
 
 impl Region {
-    /// The futex word's current value: read it before looking for a backend, then pass it to
-    /// [`Region::wait_for_release`] so a release in between is not missed.
+    /// The shared word's current value, for a client without a queue entry: read it before looking
+    /// for a backend, then pass it to [`Region::wait_for_release`] so a release in between is not missed.
     pub fn release_seq(&self) -> u32 {
         self.header().release_seq.load(Ordering::SeqCst)
     }
 
-    /// Sleeps until a backend is released (the word moves past `seen`) or `timeout` passes.
+    /// Sleeps on the shared word until a backend is released or `timeout` passes (clients without a
+    /// queue entry).
     pub fn wait_for_release(&self, seen: u32, timeout: Duration) {
-        futex(
-            &self.header().release_seq,
-            libc::FUTEX_WAIT,
-            seen,
-            Some(timeout),
-        );
+        let h = self.header();
+        h.unqueued_sleepers.fetch_add(1, Ordering::SeqCst);
+        futex(&h.release_seq, libc::FUTEX_WAIT, seen, Some(timeout));
+        h.unqueued_sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Wakes every waiting client: a backend became available or the queue changed.
+    /// Call with a ticket before each look for a backend: marks the waiter as about to sleep (so a
+    /// release from now on picks it) and returns its futex word's value for [`Region::sleep`].
+    pub fn prepare_to_sleep(&self, t: WaiterTicket) -> u32 {
+        let w = &self.waiters()[t.index];
+        w.awake.store(0, Ordering::SeqCst);
+        let seen = w.wake.load(Ordering::SeqCst);
+        // Pairs with the fence in `notify_release_for`: either the releaser sees this waiter asleep, or
+        // this waiter's look sees the released slot.
+        fence(Ordering::SeqCst);
+        seen
+    }
+
+    /// Sleeps until this waiter is woken (its word moves past `seen`) or `timeout` passes.
+    pub fn sleep(&self, t: WaiterTicket, seen: u32, timeout: Duration) {
+        let w = &self.waiters()[t.index];
+        futex(&w.wake, libc::FUTEX_WAIT, seen, Some(timeout));
+        w.awake.store(1, Ordering::SeqCst);
+    }
+
+    /// A backend became available (or room for one): wakes one waiter.
     pub fn notify_release(&self) {
+        self.notify_release_for(None)
+    }
+
+    /// A backend of pool key `key` became available: wakes the oldest sleeping waiter of that key, else
+    /// the oldest sleeping waiter of any key (it may close an idle backend to make room).
+    pub fn notify_release_for(&self, key: Option<u64>) {
         let h = self.header();
-        // SeqCst on both sides (here and in enqueue): a waiter that registered must either see this
-        // bump or be seen as waiting, never neither (the store-buffer pattern).
+        fence(Ordering::SeqCst);
         h.release_seq.fetch_add(1, Ordering::SeqCst);
-        if h.waiting.load(Ordering::SeqCst) > 0 {
+        if h.unqueued_sleepers.load(Ordering::SeqCst) > 0 {
             futex(&h.release_seq, libc::FUTEX_WAKE, i32::MAX as u32, None);
+        }
+        if h.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        loop {
+            let mut best: Option<(u64, usize)> = None;
+            let mut best_any: Option<(u64, usize)> = None;
+            for (i, w) in self.active_waiters().iter().enumerate() {
+                let t = w.ticket.load(Ordering::SeqCst);
+                if t == 0 || t == CLAIMING || w.awake.load(Ordering::SeqCst) != 0 {
+                    continue;
+                }
+                if best_any.is_none_or(|(b, _)| t < b) {
+                    best_any = Some((t, i));
+                }
+                if key.is_some_and(|k| w.key.load(Ordering::Acquire) == k)
+                    && best.is_none_or(|(b, _)| t < b)
+                {
+                    best = Some((t, i));
+                }
+            }
+            let Some((_, i)) = best.or(best_any) else {
+                return; // every waiter is awake and will look by itself
+            };
+            let w = &self.waiters()[i];
+            if w.awake
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                w.wake.fetch_add(1, Ordering::SeqCst);
+                futex(&w.wake, libc::FUTEX_WAKE, 1, None);
+                return;
+            }
         }
     }
 
@@ -105,7 +163,9 @@ impl Region {
             {
                 w.key.store(key, Ordering::Release);
                 w.pid.store(pid, Ordering::Release);
-                w.ticket.store(ticket, Ordering::Release);
+                w.awake.store(1, Ordering::SeqCst);
+                h.waiter_high.fetch_max(index as u32 + 1, Ordering::AcqRel);
+                w.ticket.store(ticket, Ordering::SeqCst);
                 h.waiting.fetch_add(1, Ordering::SeqCst);
                 h.clients_waited.fetch_add(1, Ordering::Relaxed);
                 return Some(WaiterTicket { index, ticket });
@@ -114,16 +174,31 @@ impl Region {
         None
     }
 
-    /// Leaves the queue and wakes the others (the next in line may now go).
-    pub fn dequeue(&self, t: WaiterTicket) {
+    /// Leaves the queue. `took` says whether the waiter got a backend; if it did not, or a backend of
+    /// its key is still free, the next waiter is woken.
+    pub fn dequeue(&self, t: WaiterTicket, took: bool) {
         let w = &self.waiters()[t.index];
+        let key = w.key.load(Ordering::Acquire);
         if w.ticket
             .compare_exchange(t.ticket, 0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.header().waiting.fetch_sub(1, Ordering::AcqRel);
-            self.notify_release();
+            if !took || self.has_free_slot(key) {
+                self.notify_release_for(Some(key));
+            }
         }
+    }
+
+    fn has_free_slot(&self, key: u64) -> bool {
+        self.slots()
+            .any(|(_, s)| s.pool_key() == key && s.state() == SlotState::Free)
+    }
+
+    /// The part of the queue that has ever been used.
+    fn active_waiters(&self) -> &[Waiter] {
+        let high = (self.header().waiter_high.load(Ordering::Acquire) as usize).min(MAX_WAITERS);
+        &self.waiters()[..high]
     }
 
     /// True when a client registered before `mine` (or anyone, when `mine` is `None`) waits for the
@@ -133,7 +208,7 @@ impl Region {
             return false;
         }
         let limit = mine.map(|t| t.ticket).unwrap_or(u64::MAX);
-        self.waiters().iter().any(|w| {
+        self.active_waiters().iter().any(|w| {
             let t = w.ticket.load(Ordering::Acquire);
             t != 0 && t != CLAIMING && t < limit && w.key.load(Ordering::Acquire) == key
         })
@@ -146,10 +221,10 @@ impl Region {
 
     /// Removes the entries of a process that died while waiting (main calls this on SIGCHLD).
     pub fn clear_waiters_of(&self, pid: i32) {
-        for (index, w) in self.waiters().iter().enumerate() {
+        for (index, w) in self.active_waiters().iter().enumerate() {
             let ticket = w.ticket.load(Ordering::Acquire);
             if ticket != 0 && ticket != CLAIMING && w.pid.load(Ordering::Acquire) == pid {
-                self.dequeue(WaiterTicket { index, ticket });
+                self.dequeue(WaiterTicket { index, ticket }, false);
             }
         }
     }
@@ -177,12 +252,12 @@ mod tests {
             r.has_older_waiter(7, None),
             "a newcomer queues behind waiters"
         );
-        r.dequeue(a);
+        r.dequeue(a, true);
         assert!(!r.has_older_waiter(7, Some(b)));
         r.clear_waiters_of(2);
         assert!(!r.has_older_waiter(7, None));
         assert_eq!(r.waiting(), 1);
-        r.dequeue(c);
+        r.dequeue(c, true);
         assert_eq!(r.waiting(), 0);
     }
 
@@ -200,6 +275,40 @@ mod tests {
             t.elapsed() < Duration::from_secs(1),
             "a changed word does not sleep"
         );
+    }
+
+    #[test]
+    fn a_release_wakes_the_oldest_sleeper_of_its_key_only() {
+        let r = Region::create(1).unwrap();
+        let a = r.enqueue(1, 7).unwrap();
+        let b = r.enqueue(2, 7).unwrap();
+        let c = r.enqueue(3, 9).unwrap();
+        let seen_a = r.prepare_to_sleep(a);
+        let seen_b = r.prepare_to_sleep(b);
+        let seen_c = r.prepare_to_sleep(c);
+        r.notify_release_for(Some(9));
+        let t = Instant::now();
+        r.sleep(c, seen_c, Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(1), "key 9's waiter woken");
+        r.notify_release_for(Some(7));
+        let t = Instant::now();
+        r.sleep(a, seen_a, Duration::from_secs(5));
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "the oldest of key 7 woken"
+        );
+        let t = Instant::now();
+        r.sleep(b, seen_b, Duration::from_millis(50));
+        assert!(
+            t.elapsed() >= Duration::from_millis(40),
+            "one release wakes one waiter"
+        );
+        // a leaves without a backend: the wake-up passes to b.
+        let seen_b = r.prepare_to_sleep(b);
+        r.dequeue(a, false);
+        let t = Instant::now();
+        r.sleep(b, seen_b, Duration::from_secs(5));
+        assert!(t.elapsed() < Duration::from_secs(1), "passed on to b");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod ct;
 mod error;
+pub mod extended;
 mod frame;
 pub mod messages;
 mod password;

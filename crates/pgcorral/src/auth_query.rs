@@ -31,9 +31,16 @@ pub fn fetch_secret(
     let key = PoolKey::new(superuser, database, "");
     let rule = ctx.config.find_limit(database, superuser);
     let any: &dyn Fn(&SlotData) -> bool = &|_| true;
-    let mut lease = pool::checkout(ctx, &key, rule, Some(any), ctx.config.main.blocking_timeout)
-        .map_err(|e| AuthError::refuse("53300", format!("auth_query: {e}")))?
-        .lease;
+    let mut lease = pool::checkout(
+        ctx,
+        &key,
+        rule,
+        Some(any),
+        ctx.config.main.blocking_timeout,
+        None,
+    )
+    .map_err(|e| AuthError::refuse("53300", format!("auth_query: {e}")))?
+    .lease;
     let deadline = Instant::now() + ctx.config.main.authentication_timeout;
     let mut poolable = true;
     if lease.fresh {

@@ -352,13 +352,20 @@ fn main() {
             control_path.display()
         ))
     });
-    let region = Region::create(main.max_connections)
+    // Prepared-statement sets only matter to the transaction pipeline.
+    let prepared = if main.pipeline == pgcorral_config::Pipeline::Transaction {
+        main.max_prepared_statements
+    } else {
+        0
+    };
+    let region = Region::create_with(main.max_connections, prepared)
         .unwrap_or_else(|e| remove_pidfile_and_fail(e.to_string()));
     let signal_pipe = signals::install_main()
         .unwrap_or_else(|e| remove_pidfile_and_fail(format!("cannot set up signals: {e}")));
     let pipeline = match main.pipeline {
         PipelineKind::Session => "session",
         PipelineKind::Auto | PipelineKind::Performance => "performance",
+        PipelineKind::Transaction => "transaction",
     };
     log::info!(
         "pgcorral {} started: {}:{} and {}, pipeline {pipeline}, max_connections {}, server {}:{}",

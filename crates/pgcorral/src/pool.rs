@@ -81,6 +81,33 @@ pub struct Checkout {
     pub waited: Duration,
 }
 
+/// Backend sockets a worker keeps between its transactions, by slot and generation: a backend this
+/// worker used before needs no new transfer from main when it comes back to this worker. A copy whose
+/// slot got a new backend is stale (main shut the old socket down) and is closed when next looked at.
+#[derive(Default)]
+pub struct FdCache {
+    fds: Vec<Option<(u32, OwnedFd)>>,
+}
+
+impl FdCache {
+    /// The kept socket of `slot` if it belongs to `generation`.
+    pub fn take(&mut self, slot: usize, generation: u32) -> Option<OwnedFd> {
+        let entry = self.fds.get_mut(slot)?;
+        match entry.take() {
+            Some((g, fd)) if g == generation => Some(fd),
+            _ => None, // stale: dropped (closed) here
+        }
+    }
+
+    /// Keeps `fd` for `slot`.
+    pub fn put(&mut self, slot: usize, generation: u32, fd: OwnedFd) {
+        if self.fds.len() <= slot {
+            self.fds.resize_with(slot + 1, || None);
+        }
+        self.fds[slot] = Some((generation, fd));
+    }
+}
+
 /// Looks for a backend for `key`. `reusable` says whether the client may be served by a pooled backend
 /// (`None`: never, it needs a fresh one).
 pub fn checkout(
@@ -89,6 +116,7 @@ pub fn checkout(
     rule: Option<usize>,
     reusable: Option<&dyn Fn(&SlotData) -> bool>,
     timeout: Duration,
+    mut fds: Option<&mut FdCache>,
 ) -> Result<Checkout, PoolError> {
     let region = &ctx.region;
     let me = std::process::id() as i32;
@@ -98,7 +126,10 @@ pub fn checkout(
     let rule_limit = rule.map(|r| (r, ctx.config.limits[r].max_size));
     let mut ticket = None;
     let result = loop {
-        let seen = region.release_seq();
+        let seen = match ticket {
+            Some(t) => region.prepare_to_sleep(t),
+            None => region.release_seq(),
+        };
         if region
             .header()
             .shutting_down
@@ -110,7 +141,7 @@ pub fn checkout(
         }
         if !region.has_older_waiter(key.hash, ticket) {
             if let Some(reusable) = reusable {
-                if let Some(lease) = take_free(ctx, key, reusable, me)? {
+                if let Some(lease) = take_free(ctx, key, reusable, me, fds.as_deref_mut())? {
                     break Ok(lease);
                 }
             }
@@ -152,15 +183,28 @@ pub fn checkout(
                 continue; // look once more before sleeping: the queue changed nothing yet
             }
         }
-        region.wait_for_release(seen, (deadline - now).min(Duration::from_secs(1)));
+        // The 1 s cap is only a safety net: releases wake waiters directly.
+        let nap = (deadline - now).min(Duration::from_secs(1));
+        match ticket {
+            Some(t) => region.sleep(t, seen, nap),
+            None => region.wait_for_release(seen, nap),
+        }
     };
     if let Some(t) = ticket {
-        region.dequeue(t);
+        region.dequeue(t, result.is_ok());
     }
-    result.map(|lease| Checkout {
-        lease,
-        waited: started.elapsed(),
-    })
+    let waited = started.elapsed();
+    let h = region.header();
+    if ticket.is_some() {
+        h.wait_time_us.fetch_add(
+            waited.as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    } else if result.is_ok() {
+        h.checkouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    result.map(|lease| Checkout { lease, waited })
 }
 
 fn take_free(
@@ -168,6 +212,7 @@ fn take_free(
     key: &PoolKey,
     reusable: &dyn Fn(&SlotData) -> bool,
     me: i32,
+    mut fds: Option<&mut FdCache>,
 ) -> Result<Option<Lease>, PoolError> {
     let region = &ctx.region;
     for (i, slot) in region.slots() {
@@ -177,6 +222,8 @@ fn take_free(
         if !slot.transition(SlotState::Free, SlotState::InUse) {
             continue;
         }
+        let generation = slot.generation();
+        let kept = fds.as_deref_mut().and_then(|c| c.take(i, generation));
         // The slot may have been killed and re-created for someone else between the look and the CAS:
         // check what it holds now that it is ours.
         if !region
@@ -184,12 +231,24 @@ fn take_free(
             .with_data(|d| key.matches(d) && reusable(d))
         {
             slot.transition(SlotState::InUse, SlotState::Free);
-            region.notify_release();
+            region.notify_release_for(Some(key.hash));
+            if let Some(fd) = kept {
+                if let Some(c) = fds.as_deref_mut() {
+                    c.put(i, generation, fd);
+                }
+            }
             continue;
         }
         slot.set_owner(me);
         slot.set_last_use(now_secs());
-        let generation = slot.generation();
+        if let Some(fd) = kept {
+            return Ok(Some(Lease {
+                slot: i,
+                generation,
+                fresh: false,
+                fd: Some(fd),
+            }));
+        }
         let fd = match ctx.inherited_fd(i, generation) {
             // SAFETY (borrow_raw): the fd was open in main at fork, so it is open here under the same
             // number, and this process never closes that number.
@@ -200,7 +259,7 @@ fn take_free(
                 Err(e) => {
                     log::warn!("slot {i}: cannot duplicate the inherited socket: {e}");
                     slot.transition(SlotState::InUse, SlotState::Free);
-                    region.notify_release();
+                    region.notify_release_for(Some(key.hash));
                     continue;
                 }
             },
@@ -271,12 +330,19 @@ fn evict_idle(
 }
 
 /// Gives a backend back to the pool. The caller has reset it.
-pub fn give_back(ctx: &Context, mut lease: Lease) {
+pub fn give_back(ctx: &Context, lease: Lease) {
+    drop(give_back_keeping(ctx, lease));
+}
+
+/// Gives a backend back to the pool and returns this worker's copy of its socket (with the slot and
+/// generation) for an [`FdCache`], when the slot went back to FREE.
+pub fn give_back_keeping(ctx: &Context, mut lease: Lease) -> Option<(usize, u32, OwnedFd)> {
     let region = &ctx.region;
     let slot = region.slot(lease.slot);
     if lease.fresh {
         let Some(fd) = lease.fd.as_ref() else {
-            return kill(ctx, lease);
+            kill(ctx, lease);
+            return None;
         };
         // Main must hold the socket before the slot can be FREE.
         if let Err(e) = MainLink::connect(&ctx.management_path)
@@ -287,20 +353,41 @@ pub fn give_back(ctx: &Context, mut lease: Lease) {
                 lease.slot
             );
             lease.fresh = true;
-            return kill(ctx, lease);
+            kill(ctx, lease);
+            return None;
         }
     }
     slot.set_client_key(0, 0);
+    wait_for_cancels(ctx, lease.slot);
     slot.set_last_use(now_secs());
     slot.set_owner(0);
     if slot.transition(SlotState::InUse, SlotState::Free) {
-        region.notify_release();
+        region.notify_release_for(Some(slot.pool_key()));
+        lease.fd.take().map(|fd| (lease.slot, lease.generation, fd))
     } else {
         // Someone marked it (flush): it must not be reused.
         let state = slot.state();
         lease.fresh = false;
         slot.set_owner(std::process::id() as i32);
         kill_in_state(ctx, lease, state);
+        None
+    }
+}
+
+/// A CancelRequest being forwarded to this backend must reach PostgreSQL before the backend may serve
+/// another client: PostgreSQL ignores a cancel that arrives while the backend is idle, never one that
+/// arrives during the next client's query. The client key was cleared first, so no new forwarding
+/// starts; this waits (briefly: a cancel is one local connection) for those already under way.
+fn wait_for_cancels(ctx: &Context, slot: usize) {
+    let stats = ctx.region.slot_stats(slot);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats
+        .cancels_in_flight
+        .load(std::sync::atomic::Ordering::SeqCst)
+        > 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -263,8 +263,14 @@ fn serve(
     };
     let reusable: Option<&dyn Fn(&SlotData) -> bool> =
         policy.as_ref().map(|f| f as &dyn Fn(&SlotData) -> bool);
-    let checkout = match pool::checkout(ctx, &key, rule, reusable, ctx.config.main.blocking_timeout)
-    {
+    let checkout = match pool::checkout(
+        ctx,
+        &key,
+        rule,
+        reusable,
+        ctx.config.main.blocking_timeout,
+        None,
+    ) {
         Ok(c) => c,
         Err(PoolError::Full) => {
             return refuse(fd, peer, "53300", "connection pool is full".into());
@@ -290,6 +296,7 @@ fn serve(
     };
     let server = &ctx.config.servers[server_index];
     let poolable;
+    let mut setup_applied = false;
     if lease.fresh && verified_by_pooler {
         let Some(credential) = backend_credential.as_ref() else {
             pool::kill(ctx, lease);
@@ -392,6 +399,7 @@ fn serve(
         let setup = setup_sql(&startup, &record);
         let mut changed = Vec::new();
         if !setup.is_empty() {
+            setup_applied = true;
             match backend::run_setup(server_fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
                 Ok(c) => changed = c,
                 Err(backend::SetupError::Server(message)) => {
@@ -457,11 +465,41 @@ fn serve(
         );
     }
     let session_started = Instant::now();
+    if ctx.config.main.pipeline == PipelineKind::Transaction {
+        let login = if poolable {
+            Some(pipeline::transaction::LoginBackend {
+                lease,
+                setup_applied,
+            })
+        } else {
+            pool::kill(ctx, lease);
+            None
+        };
+        let client = pipeline::transaction::TxClient {
+            fd,
+            key: &key,
+            rule,
+            startup: &startup,
+            client_key,
+            credential: backend_credential.clone(),
+        };
+        let end = pipeline::transaction::run(ctx, client, login);
+        log::debug!("transaction session ended: {end:?}");
+        if ctx.config.main.log_disconnections {
+            log::info!(
+                "disconnection: session time: {:.3} s user={user} database={database} host={host}",
+                session_started.elapsed().as_secs_f64()
+            );
+        }
+        return 0;
+    }
 
     let server_fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
     let mut pipe: Box<dyn Pipeline> = match ctx.config.main.pipeline {
         PipelineKind::Session => Box::new(pipeline::Session::default()),
-        PipelineKind::Auto | PipelineKind::Performance => Box::new(pipeline::Performance),
+        PipelineKind::Auto | PipelineKind::Performance | PipelineKind::Transaction => {
+            Box::new(pipeline::Performance)
+        }
     };
     let outcome = pipeline::relay(fd, server_fd, slot, pipe.as_mut());
     let (end, tracker) = match outcome {
@@ -522,7 +560,7 @@ fn quote_ident(v: &str) -> String {
 
 /// SET statements that make a pooled backend (opened with `record`'s startup parameters) match the new
 /// client's startup parameters.
-fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
+pub(crate) fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
     let old = decode_params(record.startup.get());
     let mut sql = String::new();
     for (k, v) in &startup.params {
@@ -578,32 +616,45 @@ fn merged_params(recorded: &[u8], changed: &[(String, String)]) -> Vec<(String, 
 }
 
 /// Forwards a CancelRequest to the backend now serving the client that holds this key; a key that
-/// matches no client is dropped, as PostgreSQL does.
+/// matches no client (or a client between transactions, with no backend) is dropped, as PostgreSQL
+/// drops a cancel for an idle session.
+///
+/// The slot's `cancels_in_flight` is raised before the key is checked a second time, and the owner
+/// clears the key before it waits for that count to fall to zero when it hands the backend back: so a
+/// cancel either sees that its client left the backend, or delays the hand-over until PostgreSQL has
+/// taken the request (and ignored it, if the backend is idle by then). It never reaches the next client.
 fn forward_cancel(ctx: &Context, pid: i32, secret: i32) {
+    let matches = |key: (i32, i32)| {
+        key.0 == pid && pgcorral_wire::ct_eq(&key.1.to_be_bytes(), &secret.to_be_bytes())
+    };
     for (i, slot) in ctx.region.slots() {
-        if !matches!(slot.state(), SlotState::InUse | SlotState::Gracefully) {
+        if !matches!(slot.state(), SlotState::InUse | SlotState::Gracefully) || pid == 0 {
             continue;
         }
-        let (cpid, csecret) = slot.client_key();
-        if cpid != pid || !pgcorral_wire::ct_eq(&csecret.to_be_bytes(), &secret.to_be_bytes()) {
+        if !matches(slot.client_key()) {
             continue;
         }
+        let stats = ctx.region.slot_stats(i);
+        stats.cancels_in_flight.fetch_add(1, Ordering::SeqCst);
+        // Read the backend only now that the owner cannot hand it over: then check the client is still
+        // the one on it.
         let backend_key = slot.backend_key();
         let server = &ctx.config.servers[slot.server().min(ctx.config.servers.len() - 1)];
-        // The slot may have changed hands while we read it: only cancel if it still serves that client.
-        if slot.client_key() != (cpid, csecret) {
-            break;
+        if matches(slot.client_key()) {
+            log::debug!("forwarding a cancel request to the backend of slot {i}");
+            if let Err(e) = backend::cancel(server, backend_key) {
+                log::warn!(
+                    "cannot forward a cancel request to server \"{}\": {e}",
+                    server.name
+                );
+            }
+        } else {
+            log::debug!("cancel request dropped: the client left the backend meanwhile");
         }
-        log::debug!("forwarding a cancel request to the backend of slot {i}");
-        if let Err(e) = backend::cancel(server, backend_key) {
-            log::warn!(
-                "cannot forward a cancel request to server \"{}\": {e}",
-                server.name
-            );
-        }
+        stats.cancels_in_flight.fetch_sub(1, Ordering::SeqCst);
         return;
     }
-    log::debug!("cancel request for an unknown key dropped");
+    log::debug!("cancel request for an unknown key, or a client with no backend, dropped");
 }
 
 #[cfg(test)]

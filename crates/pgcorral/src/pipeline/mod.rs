@@ -8,6 +8,7 @@
 
 mod performance;
 mod session;
+pub mod transaction;
 
 pub use performance::Performance;
 pub use session::Session;

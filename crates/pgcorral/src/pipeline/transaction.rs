@@ -1,0 +1,1497 @@
+//! The transaction pipeline: a backend is held only for the length of a transaction.
+//!
+//! The client is authenticated and greeted as in session mode; from then on the worker follows every
+//! message boundary in both directions and keeps, in order, what each request it forwarded will be
+//! answered with ([`Expect`]). A backend is checked out of the pool at the first message of a
+//! transaction and given back when the answers are all in and the last ReadyForQuery says `I`.
+//!
+//! Around that, three things keep clients apart on shared backends:
+//! - **Session state** ([`Dirty`]): what a client changed that outlives a transaction (SET, temp
+//!   tables, LISTEN, advisory locks, SQL PREPARE, cursors WITH HOLD) is seen in the command tags,
+//!   ParameterStatus messages and query text, and undone before the backend goes back (only what was
+//!   changed; `server_reset_query_always` runs the full `server_reset_query` every time).
+//! - **Prepared statements**: a client's named statements are renamed to `pgc_<hash of text and
+//!   types>`, prepared lazily on whichever backend runs the transaction, and remembered per backend in
+//!   the shared region (an LRU bounded by `max_prepared_statements`). Parse messages pgcorral skips or
+//!   injects are answered (or swallowed) in order through the expectation queue.
+//! - **Cancel**: the client's key is on the slot only while it holds the backend (see `pool`).
+
+use super::{read_into, Buffer, ReadOutcome, RELAY_BUFFER};
+use crate::backend;
+use crate::context::Context;
+use crate::io::STOP_REQUESTED;
+use crate::pool::{self, FdCache, Lease, PoolError, PoolKey};
+use crate::security::BackendCredential;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use pgcorral_shmem::{SlotData, StatementId};
+use pgcorral_wire::extended::{self, tag as xtag, BindHead, ParseView, TargetView};
+use pgcorral_wire::messages::{tag, ErrorFields, ReceivedError};
+use pgcorral_wire::{StartupMessage, MAX_MESSAGE_LENGTH};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+const CLIENT: Token = Token(0);
+const SERVER: Token = Token(1);
+
+/// Largest named Parse pgcorral holds whole to hash it.
+const MAX_NAMED_PARSE: usize = 64 << 20;
+/// Largest Describe or Close (PostgreSQL's own cap on such messages is 10000 bytes).
+const MAX_SMALL_MESSAGE: usize = 64 << 10;
+/// Stop reading a side while this much output for the other side is pending.
+const HIGH_WATER: usize = 256 << 10;
+
+/// What a forwarded request will be answered with, in order.
+#[derive(Debug)]
+enum Expect {
+    /// Query, FunctionCall or Sync: everything up to ReadyForQuery.
+    Ready,
+    /// ParseComplete. `swallow`: pgcorral injected the Parse, the client must not see the answer.
+    /// `id`: the statement recorded in the backend's set (forgotten if the Parse fails).
+    Parse {
+        swallow: bool,
+        id: Option<StatementId>,
+    },
+    Bind,
+    /// RowDescription or NoData (after a ParameterDescription for a statement).
+    Describe,
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// CloseComplete; `swallow` for a Close pgcorral injected (LRU eviction).
+    Close {
+        swallow: bool,
+    },
+    /// An answer pgcorral gives itself (ParseComplete for a statement the backend already has or that
+    /// is prepared lazily, CloseComplete for a client statement, ReadyForQuery for a Sync between
+    /// transactions), sent when its turn comes.
+    Fake(u8),
+}
+
+/// Session state a client changed, to be undone before the backend serves someone else.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Dirty(u8);
+
+impl Dirty {
+    const GUC: u8 = 1;
+    const TEMP: u8 = 2;
+    const LISTEN: u8 = 4;
+    const ADVISORY: u8 = 8;
+    const SQL_PREPARE: u8 = 16;
+    const CURSOR: u8 = 32;
+
+    fn set(&mut self, f: u8) {
+        self.0 |= f;
+    }
+    fn has(self, f: u8) -> bool {
+        self.0 & f != 0
+    }
+
+    /// The statements that undo exactly this state.
+    fn reset_sql(self) -> String {
+        let mut sql = String::new();
+        if self.has(Dirty::CURSOR) {
+            sql.push_str("CLOSE ALL;");
+        }
+        if self.has(Dirty::GUC) {
+            // RESET ALL leaves role and session_authorization alone.
+            sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
+        }
+        if self.has(Dirty::LISTEN) {
+            sql.push_str("UNLISTEN *;");
+        }
+        if self.has(Dirty::ADVISORY) {
+            sql.push_str("SELECT pg_advisory_unlock_all();");
+        }
+        if self.has(Dirty::TEMP) {
+            sql.push_str("DISCARD TEMP;");
+        }
+        if self.has(Dirty::SQL_PREPARE) {
+            sql.push_str("DEALLOCATE ALL;");
+        }
+        sql
+    }
+}
+
+/// Words in query text that mean session state a command tag does not show.
+const KEYWORDS: &[(&[u8], u8)] = &[
+    (b"temp", Dirty::TEMP),
+    (b"advisory", Dirty::ADVISORY),
+    (b"set_config", Dirty::GUC),
+];
+const KEYWORD_OVERLAP: usize = 9; // longest keyword - 1
+
+/// Looks for [`KEYWORDS`] in text that arrives in pieces (case-insensitively).
+#[derive(Default)]
+struct KeywordScan {
+    tail: [u8; KEYWORD_OVERLAP],
+    tail_len: usize,
+}
+
+impl KeywordScan {
+    fn reset(&mut self) {
+        self.tail_len = 0;
+    }
+
+    fn feed(&mut self, chunk: &[u8], dirty: &mut Dirty) {
+        // The seam between the previous piece and this one.
+        let mut seam = [0u8; 2 * KEYWORD_OVERLAP];
+        let head = chunk.len().min(KEYWORD_OVERLAP);
+        seam[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+        seam[self.tail_len..self.tail_len + head].copy_from_slice(&chunk[..head]);
+        scan_keywords(&seam[..self.tail_len + head], dirty);
+        scan_keywords(chunk, dirty);
+        if chunk.len() >= KEYWORD_OVERLAP {
+            self.tail
+                .copy_from_slice(&chunk[chunk.len() - KEYWORD_OVERLAP..]);
+            self.tail_len = KEYWORD_OVERLAP;
+        } else {
+            let keep = (self.tail_len + chunk.len()).min(KEYWORD_OVERLAP);
+            let mut joined = [0u8; 2 * KEYWORD_OVERLAP];
+            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            joined[self.tail_len..self.tail_len + chunk.len()].copy_from_slice(chunk);
+            let total = self.tail_len + chunk.len();
+            self.tail[..keep].copy_from_slice(&joined[total - keep..total]);
+            self.tail_len = keep;
+        }
+    }
+}
+
+fn scan_keywords(text: &[u8], dirty: &mut Dirty) {
+    for &(word, flag) in KEYWORDS {
+        if !dirty.has(flag)
+            && text
+                .windows(word.len())
+                .any(|w| w.eq_ignore_ascii_case(word))
+        {
+            dirty.set(flag);
+        }
+    }
+}
+
+/// What a CommandComplete tag says about session state.
+fn note_command_tag(tag_text: &[u8], dirty: &mut Dirty, lost_statements: &mut bool) {
+    let word = |w: &[u8]| {
+        tag_text.len() >= w.len()
+            && &tag_text[..w.len()] == w
+            && tag_text.get(w.len()).is_none_or(|&c| c == b' ' || c == 0)
+    };
+    if word(b"SET") || word(b"RESET") {
+        dirty.set(Dirty::GUC);
+    } else if word(b"LISTEN") {
+        dirty.set(Dirty::LISTEN);
+    } else if word(b"PREPARE") {
+        dirty.set(Dirty::SQL_PREPARE);
+    } else if word(b"DECLARE") {
+        dirty.set(Dirty::CURSOR);
+    } else if word(b"DEALLOCATE") || word(b"DISCARD") {
+        // DEALLOCATE ALL and DISCARD ALL drop pgcorral's statements too.
+        *lost_statements = true;
+        dirty.set(Dirty::SQL_PREPARE | Dirty::GUC);
+    }
+}
+
+/// A client's named statement.
+struct ClientStatement {
+    id: StatementId,
+    /// Session state its text suggests (an advisory lock taken by a statement prepared in an earlier
+    /// transaction is only seen here).
+    dirty: Dirty,
+    /// The renamed Parse message, whole, to prepare the statement on another backend.
+    parse: Vec<u8>,
+}
+
+fn statement_id(rest: &[u8]) -> StatementId {
+    let d = ring::digest::digest(&ring::digest::SHA256, rest);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d.as_ref()[..16]);
+    id
+}
+
+fn statement_name(id: &StatementId) -> [u8; 36] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = [0u8; 36];
+    name[..4].copy_from_slice(b"pgc_");
+    for (i, b) in id.iter().enumerate() {
+        name[4 + 2 * i] = HEX[(b >> 4) as usize];
+        name[5 + 2 * i] = HEX[(b & 15) as usize];
+    }
+    name
+}
+
+/// The backend a worker holds for the current transaction.
+struct Held {
+    lease: Lease,
+    fd: RawFd,
+    dirty: Dirty,
+    /// The client's statements on this backend were dropped by the client itself (DISCARD ALL, ...).
+    lost_statements: bool,
+    queries: u64,
+}
+
+/// Where the server's stream stands.
+#[derive(Default)]
+struct ServerReader {
+    header: [u8; 5],
+    header_have: usize,
+    body_left: usize,
+    tag: u8,
+    forward: bool,
+    /// First bytes of bodies pgcorral looks at (ReadyForQuery, CommandComplete, ErrorResponse).
+    peek: Vec<u8>,
+    peek_want: usize,
+}
+
+const PEEK: usize = 256;
+
+impl ServerReader {
+    fn at_boundary(&self) -> bool {
+        self.header_have == 0
+    }
+}
+
+/// How the transaction session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxEnd {
+    ClientTerminated,
+    ClientGone,
+    ServerGone,
+    ProtocolError,
+    PoolFull,
+    Stopped,
+}
+
+/// Where a client message stands.
+enum ClientMessage {
+    /// Between messages.
+    Boundary,
+    /// Relaying the rest of a message's body (`scan`: look for keywords in it).
+    Streaming { left: usize, scan: bool },
+}
+
+/// Everything the pipeline needs to know about its client.
+pub struct TxClient<'a> {
+    pub fd: RawFd,
+    pub key: &'a PoolKey,
+    pub rule: Option<usize>,
+    pub startup: &'a StartupMessage,
+    pub client_key: (i32, i32),
+    /// How pgcorral logs in to new backends for this client (`None`: only a server that trusts the
+    /// user can be reached; pooled backends can always be used).
+    pub credential: Option<BackendCredential>,
+}
+
+/// The backend the client's login used, idle, handed to the pipeline to give back.
+pub struct LoginBackend {
+    pub lease: Lease,
+    /// The login ran SET statements to match the client's startup parameters (undo them).
+    pub setup_applied: bool,
+}
+
+struct Tx<'a> {
+    ctx: &'a Context,
+    c: TxClient<'a>,
+    poll: Poll,
+    held: Option<Held>,
+    fds: FdCache,
+    cin: Vec<u8>,
+    cin_start: usize,
+    cin_end: usize,
+    cmsg: ClientMessage,
+    to_server: Vec<u8>,
+    to_server_at: usize,
+    to_client: Vec<u8>,
+    to_client_at: usize,
+    sin: Buffer,
+    sr: ServerReader,
+    expect: VecDeque<Expect>,
+    statements: HashMap<Vec<u8>, ClientStatement>,
+    scan: KeywordScan,
+    status: u8,
+    copy_in: bool,
+    /// Answers go nowhere: the client left and the backend is being drained.
+    discard: bool,
+    server_fatal: bool,
+    client_readable: bool,
+    client_writable: bool,
+    server_readable: bool,
+    server_writable: bool,
+    watching_client_writes: bool,
+    watching_server_writes: bool,
+    prepared_enabled: bool,
+    rng: ring::rand::SystemRandom,
+}
+
+enum Flow {
+    Go,
+    End(TxEnd),
+}
+
+/// Runs the transaction pipeline for an authenticated, greeted client. `login` is the backend the
+/// login used (idle); it goes back to the pool at once.
+pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> TxEnd {
+    let poll = match Poll::new().and_then(|p| {
+        p.registry()
+            .register(&mut SourceFd(&client.fd), CLIENT, Interest::READABLE)
+            .map(|_| p)
+    }) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("cannot poll the client socket: {e}");
+            if let Some(l) = login {
+                pool::kill(ctx, l.lease);
+            }
+            return TxEnd::ClientGone;
+        }
+    };
+    let mut tx = Tx {
+        ctx,
+        c: client,
+        poll,
+        held: None,
+        fds: FdCache::default(),
+        cin: vec![0u8; RELAY_BUFFER],
+        cin_start: 0,
+        cin_end: 0,
+        cmsg: ClientMessage::Boundary,
+        to_server: Vec::with_capacity(RELAY_BUFFER),
+        to_server_at: 0,
+        to_client: Vec::with_capacity(RELAY_BUFFER),
+        to_client_at: 0,
+        sin: Buffer::new(),
+        sr: ServerReader {
+            peek: Vec::with_capacity(PEEK),
+            ..Default::default()
+        },
+        expect: VecDeque::with_capacity(64),
+        statements: HashMap::new(),
+        scan: KeywordScan::default(),
+        status: b'I',
+        copy_in: false,
+        discard: false,
+        server_fatal: false,
+        client_readable: true,
+        client_writable: true,
+        server_readable: false,
+        server_writable: true,
+        watching_client_writes: false,
+        watching_server_writes: false,
+        prepared_enabled: ctx.config.main.max_prepared_statements > 0,
+        rng: ring::rand::SystemRandom::new(),
+    };
+    if let Some(login) = login {
+        let mut dirty = Dirty::default();
+        if login.setup_applied {
+            dirty.set(Dirty::GUC);
+        }
+        tx.held = Some(Held {
+            fd: login.lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+            lease: login.lease,
+            dirty,
+            lost_statements: false,
+            queries: 0,
+        });
+        // The login's backend is idle: give it back before waiting for the client.
+        tx.release(false);
+    }
+    let end = tx.relay();
+    let end = match end {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!("transaction relay failed: {e}");
+            TxEnd::ServerGone
+        }
+    };
+    tx.finish(end);
+    end
+}
+
+impl Tx<'_> {
+    fn relay(&mut self) -> io::Result<TxEnd> {
+        let mut events = Events::with_capacity(4);
+        loop {
+            let mut progress = true;
+            while progress {
+                progress = false;
+                if STOP_REQUESTED.load(Ordering::Relaxed) {
+                    return Ok(TxEnd::Stopped);
+                }
+                // Client → server.
+                if self.held.is_some() && self.to_server_at < self.to_server.len() {
+                    match self.flush_server() {
+                        Ok(p) => progress |= p,
+                        Err(()) => return Ok(TxEnd::ServerGone),
+                    }
+                }
+                if self.to_server.len() - self.to_server_at < HIGH_WATER {
+                    let mut consumed = false;
+                    if self.cin_start < self.cin_end {
+                        let before = (self.cin_start, self.to_server.len());
+                        if let Flow::End(e) = self.process_client()? {
+                            return Ok(e);
+                        }
+                        consumed = (self.cin_start, self.to_server.len()) != before;
+                        progress |= consumed;
+                    }
+                    // Read when everything read so far is handled, or when what is left is a piece
+                    // of a message that needs more bytes (read_client makes room for them).
+                    if self.client_readable && (self.cin_start == self.cin_end || !consumed) {
+                        match self.read_client() {
+                            Ok(true) => progress = true,
+                            Ok(false) => {}
+                            Err(()) => return Ok(TxEnd::ClientGone),
+                        }
+                    }
+                }
+                // Server → client.
+                if self.to_client_at < self.to_client.len() && self.client_writable {
+                    match self.flush_client() {
+                        Ok(p) => progress |= p,
+                        Err(()) => return Ok(TxEnd::ClientGone),
+                    }
+                }
+                if self.server_fatal && self.to_client_at == self.to_client.len() {
+                    return Ok(TxEnd::ServerGone);
+                }
+                if self.held.is_some()
+                    && self.server_readable
+                    && self.to_client.len() - self.to_client_at < HIGH_WATER
+                {
+                    match read_into(self.held_fd(), &mut self.sin) {
+                        Ok(ReadOutcome::Data(n)) => {
+                            progress = true;
+                            self.server_readable = n == self.sin.data.len();
+                            if let Flow::End(e) = self.process_server(n)? {
+                                return Ok(e);
+                            }
+                        }
+                        Ok(ReadOutcome::WouldBlock) => self.server_readable = false,
+                        Ok(ReadOutcome::Closed) | Err(_) => {
+                            self.server_fatal = true;
+                            return Ok(TxEnd::ServerGone);
+                        }
+                    }
+                }
+            }
+            self.watch_writes()?;
+            match self.poll.poll(&mut events, None) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                if ev.token() == CLIENT {
+                    self.client_readable |= readable;
+                    self.client_writable |= writable;
+                } else if self.held.is_some() {
+                    self.server_readable |= readable;
+                    self.server_writable |= writable;
+                }
+            }
+        }
+    }
+
+    fn held_fd(&self) -> RawFd {
+        self.held.as_ref().map(|h| h.fd).unwrap_or(-1)
+    }
+
+    fn watch_writes(&mut self) -> io::Result<()> {
+        let want_server = self.held.is_some()
+            && self.to_server_at < self.to_server.len()
+            && !self.server_writable;
+        if self.held.is_some() && want_server != self.watching_server_writes {
+            let interest = if want_server {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let fd = self.held_fd();
+            self.poll
+                .registry()
+                .reregister(&mut SourceFd(&fd), SERVER, interest)?;
+            self.watching_server_writes = want_server;
+        }
+        let want_client = self.to_client_at < self.to_client.len() && !self.client_writable;
+        if want_client != self.watching_client_writes {
+            let interest = if want_client {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let fd = self.c.fd;
+            self.poll
+                .registry()
+                .reregister(&mut SourceFd(&fd), CLIENT, interest)?;
+            self.watching_client_writes = want_client;
+        }
+        Ok(())
+    }
+
+    /// Reads from the client into the free end of `cin`. Ok(true) when bytes came.
+    fn read_client(&mut self) -> Result<bool, ()> {
+        if self.cin_start == self.cin_end {
+            self.cin_start = 0;
+            self.cin_end = 0;
+        } else if self.cin_end == self.cin.len() && self.cin_start > 0 {
+            self.cin.copy_within(self.cin_start..self.cin_end, 0);
+            self.cin_end -= self.cin_start;
+            self.cin_start = 0;
+        }
+        if self.cin_end == self.cin.len() {
+            return Ok(false); // a whole message is being gathered and the buffer grows on demand
+        }
+        loop {
+            match nix::unistd::read(self.c.fd, &mut self.cin[self.cin_end..]) {
+                Ok(0) => return Err(()),
+                Ok(n) => {
+                    let room = self.cin.len() - self.cin_end;
+                    self.cin_end += n;
+                    self.client_readable = n == room;
+                    return Ok(true);
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    self.client_readable = false;
+                    return Ok(false);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    fn flush_server(&mut self) -> Result<bool, ()> {
+        if !self.server_writable {
+            return Ok(false);
+        }
+        let n = write_some(self.held_fd(), &self.to_server[self.to_server_at..])?;
+        self.to_server_at += n;
+        if self.to_server_at < self.to_server.len() {
+            self.server_writable = false;
+        } else {
+            self.to_server.clear();
+            self.to_server_at = 0;
+        }
+        Ok(n > 0)
+    }
+
+    fn flush_client(&mut self) -> Result<bool, ()> {
+        if self.discard {
+            self.to_client.clear();
+            self.to_client_at = 0;
+            return Ok(false);
+        }
+        let before = self.to_client_at;
+        match write_some(self.c.fd, &self.to_client[self.to_client_at..]) {
+            Ok(n) => {
+                self.to_client_at += n;
+                if self.to_client_at < self.to_client.len() {
+                    self.client_writable = false;
+                }
+            }
+            Err(()) => return Err(()),
+        }
+        let moved = self.to_client_at != before;
+        if self.to_client_at == self.to_client.len() {
+            self.to_client.clear();
+            self.to_client_at = 0;
+        }
+        Ok(moved)
+    }
+
+    // ---- client side -------------------------------------------------------------------------
+
+    /// Handles the client bytes in `cin`: whole messages, or the streamed part of a large one.
+    fn process_client(&mut self) -> io::Result<Flow> {
+        while self.cin_start < self.cin_end && self.to_server.len() - self.to_server_at < HIGH_WATER
+        {
+            if let ClientMessage::Streaming { left, scan } = self.cmsg {
+                let n = left.min(self.cin_end - self.cin_start);
+                let chunk = &self.cin[self.cin_start..self.cin_start + n];
+                if scan {
+                    if let Some(h) = self.held.as_mut() {
+                        self.scan.feed(chunk, &mut h.dirty);
+                    }
+                }
+                self.to_server.extend_from_slice(chunk);
+                self.cin_start += n;
+                self.cmsg = if left == n {
+                    ClientMessage::Boundary
+                } else {
+                    ClientMessage::Streaming {
+                        left: left - n,
+                        scan,
+                    }
+                };
+                continue;
+            }
+            let avail = self.cin_end - self.cin_start;
+            if avail < 5 {
+                break;
+            }
+            let at = self.cin_start;
+            let t = self.cin[at];
+            let len = u32::from_be_bytes([
+                self.cin[at + 1],
+                self.cin[at + 2],
+                self.cin[at + 3],
+                self.cin[at + 4],
+            ]) as usize;
+            if !(4..=MAX_MESSAGE_LENGTH).contains(&len) {
+                self.client_error("08P01", "invalid message length from client");
+                return Ok(Flow::End(TxEnd::ProtocolError));
+            }
+            let whole = avail > len; // tag + len bytes available
+            match t {
+                tag::TERMINATE => return Ok(Flow::End(TxEnd::ClientTerminated)),
+                // Between transactions a Sync or Flush needs no backend: every answer due is
+                // pgcorral's own (a lazily prepared statement's ParseComplete), and the session is
+                // idle. Answering here is what lets a client prepare statements without waiting for
+                // a backend (pgbench -M prepared prepares synchronously, one client at a time).
+                tag::SYNC | xtag::FLUSH
+                    if self.held.is_none()
+                        && len == 4
+                        && self.expect.iter().all(|e| matches!(e, Expect::Fake(_))) =>
+                {
+                    self.cin_start += 5;
+                    if t == tag::SYNC {
+                        self.expect.push_back(Expect::Fake(tag::READY_FOR_QUERY));
+                    }
+                    self.drain_fakes();
+                }
+                xtag::PARSE | xtag::DESCRIBE | xtag::CLOSE => {
+                    let cap = if t == xtag::PARSE {
+                        MAX_NAMED_PARSE
+                    } else {
+                        MAX_SMALL_MESSAGE
+                    };
+                    let body_start = &self.cin[at + 5..self.cin_end];
+                    let unnamed_parse = t == xtag::PARSE && body_start.first() == Some(&0);
+                    if unnamed_parse && !whole {
+                        // An unnamed statement is relayed as it comes, however long.
+                        if let Flow::End(e) = self.ensure_backend()? {
+                            return Ok(Flow::End(e));
+                        }
+                        self.expect.push_back(Expect::Parse {
+                            swallow: false,
+                            id: None,
+                        });
+                        self.start_stream(len, true);
+                        continue;
+                    }
+                    if !whole {
+                        if len + 1 > cap {
+                            self.client_error(
+                                "54000",
+                                "message too long for pgcorral's transaction pipeline",
+                            );
+                            return Ok(Flow::End(TxEnd::ProtocolError));
+                        }
+                        self.make_room(len + 1);
+                        break;
+                    }
+                    let msg: Vec<u8> = self.cin[at..at + 1 + len].to_vec();
+                    self.cin_start += 1 + len;
+                    let flow = match t {
+                        xtag::PARSE => self.on_parse(&msg)?,
+                        xtag::DESCRIBE => self.on_describe(&msg)?,
+                        _ => self.on_close(&msg)?,
+                    };
+                    if let Flow::End(e) = flow {
+                        return Ok(Flow::End(e));
+                    }
+                }
+                xtag::BIND => {
+                    let body_len = len - 4;
+                    let have = (avail - 5).min(body_len);
+                    let head = BindHead::decode(&self.cin[at + 5..at + 5 + have]);
+                    let Some(head) = head else {
+                        if have == body_len || have >= 4096 {
+                            self.client_error("08P01", "invalid Bind message");
+                            return Ok(Flow::End(TxEnd::ProtocolError));
+                        }
+                        self.make_room(5 + 4096.min(body_len));
+                        break;
+                    };
+                    let statement = head.statement.to_vec();
+                    let portal = head.portal.to_vec();
+                    if let Flow::End(e) = self.ensure_backend()? {
+                        return Ok(Flow::End(e));
+                    }
+                    let renamed = self.prepare_for_use(&statement);
+                    match renamed {
+                        Some(name) => {
+                            let head = BindHead {
+                                portal: &portal,
+                                statement: &statement,
+                                names_len: portal.len() + statement.len() + 2,
+                            };
+                            head.encode_renamed(&name, body_len, &mut self.to_server);
+                            self.cin_start += 5 + head.names_len;
+                            self.expect.push_back(Expect::Bind);
+                            let rest = body_len - head.names_len;
+                            if rest > 0 {
+                                self.cmsg = ClientMessage::Streaming {
+                                    left: rest,
+                                    scan: false,
+                                };
+                            }
+                        }
+                        None => {
+                            self.expect.push_back(Expect::Bind);
+                            self.start_stream(len, false);
+                        }
+                    }
+                }
+                _ => {
+                    if let Flow::End(e) = self.on_other(t)? {
+                        return Ok(Flow::End(e));
+                    }
+                    self.start_stream(len, t == tag::QUERY);
+                }
+            }
+        }
+        if self.cin_start == self.cin_end {
+            self.cin_start = 0;
+            self.cin_end = 0;
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Forwards the 5 header bytes of the message at `cin_start` and relays its body as it comes.
+    fn start_stream(&mut self, len: usize, scan: bool) {
+        let at = self.cin_start;
+        self.to_server.extend_from_slice(&self.cin[at..at + 5]);
+        self.cin_start += 5;
+        if scan {
+            self.scan.reset();
+        }
+        if len > 4 {
+            self.cmsg = ClientMessage::Streaming {
+                left: len - 4,
+                scan,
+            };
+        }
+    }
+
+    /// Makes `cin` able to hold `need` bytes from `cin_start`.
+    fn make_room(&mut self, need: usize) {
+        if self.cin_start > 0 {
+            self.cin.copy_within(self.cin_start..self.cin_end, 0);
+            self.cin_end -= self.cin_start;
+            self.cin_start = 0;
+        }
+        if self.cin.len() < need {
+            self.cin.resize(need, 0);
+        }
+        self.client_readable = true; // there is room again: read whatever the socket holds
+    }
+
+    /// Bookkeeping for a message relayed as is (Query, Execute, Sync, Flush, FunctionCall, COPY data).
+    fn on_other(&mut self, t: u8) -> io::Result<Flow> {
+        if t == xtag::FLUSH && self.held.is_none() {
+            return Ok(Flow::Go); // nothing in flight: nothing to flush (the caller still relays it)
+        }
+        if let Flow::End(e) = self.ensure_backend()? {
+            return Ok(Flow::End(e));
+        }
+        let h = self.held.as_mut().expect("a backend is held");
+        match t {
+            tag::QUERY => {
+                h.queries += 1;
+                self.expect.push_back(Expect::Ready);
+            }
+            xtag::FUNCTION_CALL => self.expect.push_back(Expect::Ready),
+            // PostgreSQL ignores Sync during COPY IN: it earns no ReadyForQuery.
+            tag::SYNC if self.copy_in => {}
+            tag::SYNC => self.expect.push_back(Expect::Ready),
+            xtag::EXECUTE => {
+                h.queries += 1;
+                self.expect.push_back(Expect::Execute);
+            }
+            xtag::COPY_DONE | tag::COPY_FAIL => self.copy_in = false,
+            _ => {}
+        }
+        Ok(Flow::Go)
+    }
+
+    fn on_parse(&mut self, msg: &[u8]) -> io::Result<Flow> {
+        let Ok(view) = ParseView::decode(&msg[5..]) else {
+            self.client_error("08P01", "invalid Parse message");
+            return Ok(Flow::End(TxEnd::ProtocolError));
+        };
+        let named = !view.name.is_empty() && self.prepared_enabled;
+        // A named statement is prepared lazily, on the backend of the transaction that uses it: no
+        // backend is needed now unless one is held already.
+        if !named || self.held.is_some() {
+            if let Flow::End(e) = self.ensure_backend()? {
+                return Ok(Flow::End(e));
+            }
+        }
+        let mut dirty = Dirty::default();
+        scan_keywords(view.query(), &mut dirty);
+        if let Some(h) = self.held.as_mut() {
+            h.dirty.set(dirty.0);
+        }
+        if !named {
+            self.to_server.extend_from_slice(msg);
+            self.expect.push_back(Expect::Parse {
+                swallow: false,
+                id: None,
+            });
+            return Ok(Flow::Go);
+        }
+        let id = statement_id(view.rest);
+        let name = statement_name(&id);
+        let mut parse = Vec::with_capacity(msg.len() + 40);
+        view.encode_renamed(&name, &mut parse);
+        if self.held.is_none() || self.backend_has(&id) {
+            self.expect.push_back(Expect::Fake(xtag::PARSE_COMPLETE));
+            self.drain_fakes();
+        } else {
+            self.inject_parse(&id, &parse, false);
+        }
+        self.statements
+            .insert(view.name.to_vec(), ClientStatement { id, dirty, parse });
+        Ok(Flow::Go)
+    }
+
+    fn on_describe(&mut self, msg: &[u8]) -> io::Result<Flow> {
+        let Ok(view) = TargetView::decode(&msg[5..]) else {
+            self.client_error("08P01", "invalid Describe message");
+            return Ok(Flow::End(TxEnd::ProtocolError));
+        };
+        if let Flow::End(e) = self.ensure_backend()? {
+            return Ok(Flow::End(e));
+        }
+        let renamed = if view.is_statement() {
+            self.prepare_for_use(view.name)
+        } else {
+            None
+        };
+        match renamed {
+            Some(name) => TargetView::encode(xtag::DESCRIBE, b'S', &name, &mut self.to_server),
+            None => self.to_server.extend_from_slice(msg),
+        }
+        self.expect.push_back(Expect::Describe);
+        Ok(Flow::Go)
+    }
+
+    fn on_close(&mut self, msg: &[u8]) -> io::Result<Flow> {
+        let Ok(view) = TargetView::decode(&msg[5..]) else {
+            self.client_error("08P01", "invalid Close message");
+            return Ok(Flow::End(TxEnd::ProtocolError));
+        };
+        if view.is_statement() && self.statements.remove(view.name).is_some() {
+            // The statement stays prepared on the backends (others may use it); the client's name is
+            // gone, as if closed.
+            self.expect.push_back(Expect::Fake(xtag::CLOSE_COMPLETE));
+            self.drain_fakes();
+            return Ok(Flow::Go);
+        }
+        if let Flow::End(e) = self.ensure_backend()? {
+            return Ok(Flow::End(e));
+        }
+        self.to_server.extend_from_slice(msg);
+        self.expect.push_back(Expect::Close { swallow: false });
+        Ok(Flow::Go)
+    }
+
+    /// For a client statement name used by Bind or Describe: makes sure the held backend has it and
+    /// returns the name it has there (`None`: not a statement pgcorral renamed; relay as is).
+    fn prepare_for_use(&mut self, client_name: &[u8]) -> Option<[u8; 36]> {
+        if client_name.is_empty() || !self.prepared_enabled {
+            return None;
+        }
+        let stmt = self.statements.get(client_name)?;
+        let id = stmt.id;
+        if let Some(h) = self.held.as_mut() {
+            h.dirty.set(stmt.dirty.0);
+        }
+        if !self.backend_has(&id) {
+            let parse = stmt.parse.clone();
+            self.inject_parse(&id, &parse, true);
+        }
+        Some(statement_name(&id))
+    }
+
+    fn backend_has(&self, id: &StatementId) -> bool {
+        let Some(h) = self.held.as_ref() else {
+            return false;
+        };
+        self.ctx
+            .region
+            .prepared(h.lease.slot)
+            .with(h.lease.generation, |set| set.touch(id))
+    }
+
+    /// Prepares statement `id` on the held backend (closing the least recently used one first when
+    /// the backend's set is full). `swallow`: the client did not ask for this Parse.
+    fn inject_parse(&mut self, id: &StatementId, parse: &[u8], swallow: bool) {
+        let Some(h) = self.held.as_ref() else {
+            return;
+        };
+        let cell = self.ctx.region.prepared(h.lease.slot);
+        let victim = cell.with(h.lease.generation, |set| {
+            let victim = set.victim();
+            if let Some(v) = victim {
+                set.remove(&v);
+            }
+            set.insert(*id);
+            victim
+        });
+        if let Some(v) = victim {
+            TargetView::encode(xtag::CLOSE, b'S', &statement_name(&v), &mut self.to_server);
+            self.expect.push_back(Expect::Close { swallow: true });
+        }
+        self.to_server.extend_from_slice(parse);
+        self.expect.push_back(Expect::Parse {
+            swallow,
+            id: Some(*id),
+        });
+    }
+
+    // ---- server side -------------------------------------------------------------------------
+
+    /// Handles `n` bytes the server sent (in `sin`).
+    fn process_server(&mut self, n: usize) -> io::Result<Flow> {
+        let mut i = 0;
+        while i < n {
+            if self.sr.header_have < 5 {
+                let take = (5 - self.sr.header_have).min(n - i);
+                self.sr.header[self.sr.header_have..self.sr.header_have + take]
+                    .copy_from_slice(&self.sin.data[i..i + take]);
+                self.sr.header_have += take;
+                i += take;
+                if self.sr.header_have < 5 {
+                    break;
+                }
+                let t = self.sr.header[0];
+                let len = u32::from_be_bytes([
+                    self.sr.header[1],
+                    self.sr.header[2],
+                    self.sr.header[3],
+                    self.sr.header[4],
+                ]) as usize;
+                if !(4..=MAX_MESSAGE_LENGTH).contains(&len) {
+                    self.client_error("08P01", "invalid message length from server");
+                    self.server_fatal = true;
+                    return Ok(Flow::End(TxEnd::ServerGone));
+                }
+                self.sr.tag = t;
+                self.sr.body_left = len - 4;
+                self.sr.forward = !self.swallows(t);
+                self.sr.peek.clear();
+                self.sr.peek_want = if matches!(
+                    t,
+                    tag::READY_FOR_QUERY | tag::ERROR_RESPONSE | xtag::COMMAND_COMPLETE
+                ) {
+                    self.sr.body_left.min(PEEK)
+                } else {
+                    0
+                };
+                if self.sr.forward && !self.discard {
+                    self.to_client.extend_from_slice(&self.sr.header);
+                }
+            } else {
+                let take = self.sr.body_left.min(n - i);
+                let chunk = &self.sin.data[i..i + take];
+                if self.sr.peek.len() < self.sr.peek_want {
+                    let k = (self.sr.peek_want - self.sr.peek.len()).min(take);
+                    self.sr.peek.extend_from_slice(&chunk[..k]);
+                }
+                if self.sr.forward && !self.discard {
+                    self.to_client.extend_from_slice(chunk);
+                }
+                self.sr.body_left -= take;
+                i += take;
+            }
+            if self.sr.header_have == 5 && self.sr.body_left == 0 {
+                self.sr.header_have = 0;
+                if let Flow::End(e) = self.on_server_message()? {
+                    return Ok(Flow::End(e));
+                }
+            }
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Whether the message starting now answers a request pgcorral injected.
+    fn swallows(&self, t: u8) -> bool {
+        match self.expect.front() {
+            Some(Expect::Parse { swallow: true, .. }) => t == xtag::PARSE_COMPLETE,
+            Some(Expect::Close { swallow: true }) => t == xtag::CLOSE_COMPLETE,
+            _ => false,
+        }
+    }
+
+    /// A whole server message went by.
+    fn on_server_message(&mut self) -> io::Result<Flow> {
+        let t = self.sr.tag;
+        match t {
+            tag::READY_FOR_QUERY => {
+                self.status = self.sr.peek.first().copied().unwrap_or(b'I');
+                self.copy_in = false;
+                while let Some(e) = self.expect.pop_front() {
+                    if matches!(e, Expect::Ready) {
+                        break;
+                    }
+                    self.forget_failed(&e);
+                }
+                self.drain_fakes();
+                if self.expect.is_empty() && self.status == b'I' && self.can_release() {
+                    self.release(true);
+                }
+            }
+            tag::ERROR_RESPONSE => {
+                let fatal = ReceivedError::parse(&self.sr.peek).is_fatal();
+                if fatal {
+                    self.server_fatal = true;
+                    if let Some(h) = self.held.as_mut() {
+                        h.lost_statements = true;
+                    }
+                    return Ok(Flow::Go);
+                }
+                // In the extended protocol the server skips to the next Sync: so do the answers.
+                if !matches!(self.expect.front(), Some(Expect::Ready) | None) {
+                    while let Some(e) = self.expect.front() {
+                        if matches!(e, Expect::Ready) {
+                            break;
+                        }
+                        let e = self.expect.pop_front().expect("front exists");
+                        self.forget_failed(&e);
+                    }
+                }
+            }
+            xtag::PARSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Parse { .. })),
+            xtag::BIND_COMPLETE => self.pop_if(|e| matches!(e, Expect::Bind)),
+            xtag::CLOSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Close { .. })),
+            xtag::ROW_DESCRIPTION | xtag::NO_DATA => self.pop_if(|e| matches!(e, Expect::Describe)),
+            xtag::COMMAND_COMPLETE => {
+                if let Some(h) = self.held.as_mut() {
+                    note_command_tag(&self.sr.peek, &mut h.dirty, &mut h.lost_statements);
+                }
+                self.pop_if(|e| matches!(e, Expect::Execute))
+            }
+            xtag::EMPTY_QUERY | xtag::PORTAL_SUSPENDED => {
+                self.pop_if(|e| matches!(e, Expect::Execute))
+            }
+            tag::PARAMETER_STATUS => {
+                if let Some(h) = self.held.as_mut() {
+                    h.dirty.set(Dirty::GUC);
+                }
+            }
+            tag::COPY_IN_RESPONSE => {
+                self.copy_in = true;
+                // Syncs sent after the Execute that started this COPY reach the server in COPY IN
+                // mode and are ignored there: no ReadyForQuery will answer them.
+                if matches!(self.expect.front(), Some(Expect::Execute)) {
+                    let keep: VecDeque<Expect> = self
+                        .expect
+                        .drain(..)
+                        .enumerate()
+                        .filter(|(i, e)| *i == 0 || !matches!(e, Expect::Ready))
+                        .map(|(_, e)| e)
+                        .collect();
+                    self.expect = keep;
+                }
+            }
+            _ => {}
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Pops the front expectation when the message answers it (other messages — notices,
+    /// notifications — answer nothing).
+    fn pop_if(&mut self, answers: impl Fn(&Expect) -> bool) {
+        if self.expect.front().is_some_and(answers) {
+            self.expect.pop_front();
+            self.drain_fakes();
+        }
+    }
+
+    /// A request the server skipped or refused: a statement its Parse did not create is forgotten.
+    fn forget_failed(&mut self, e: &Expect) {
+        if let (Expect::Parse { id: Some(id), .. }, Some(h)) = (e, self.held.as_ref()) {
+            self.ctx
+                .region
+                .prepared(h.lease.slot)
+                .with(h.lease.generation, |set| set.remove(id));
+        }
+    }
+
+    /// Sends pgcorral's own answers that are next in line.
+    fn drain_fakes(&mut self) {
+        if !self.sr.at_boundary() {
+            return;
+        }
+        while let Some(Expect::Fake(t)) = self.expect.front() {
+            if !self.discard {
+                if *t == tag::READY_FOR_QUERY {
+                    pgcorral_wire::messages::ready_for_query(&mut self.to_client, b'I');
+                } else {
+                    extended::empty_message(*t, &mut self.to_client);
+                }
+            }
+            self.expect.pop_front();
+        }
+    }
+
+    // ---- holding and releasing backends -------------------------------------------------------
+
+    fn can_release(&self) -> bool {
+        matches!(self.cmsg, ClientMessage::Boundary)
+            && self.to_server_at == self.to_server.len()
+            && self.sr.at_boundary()
+            && !self.server_fatal
+    }
+
+    /// Checks a backend out for the transaction that starts now, if none is held.
+    fn ensure_backend(&mut self) -> io::Result<Flow> {
+        if self.held.is_some() {
+            return Ok(Flow::Go);
+        }
+        // The client may wait for what is already due to it while this worker sleeps in the queue.
+        let _ = self.flush_client();
+        let any: fn(&SlotData) -> bool = |_| true;
+        let ctx = self.ctx;
+        let checkout = pool::checkout(
+            ctx,
+            self.c.key,
+            self.c.rule,
+            Some(&any),
+            ctx.config.main.blocking_timeout,
+            Some(&mut self.fds),
+        );
+        let mut lease = match checkout {
+            Ok(c) => c.lease,
+            Err(PoolError::Full) => {
+                self.client_error(
+                    "53300",
+                    "no server connection became free within blocking_timeout",
+                );
+                return Ok(Flow::End(TxEnd::PoolFull));
+            }
+            Err(PoolError::ShuttingDown) => {
+                self.client_error("57P01", "pgcorral is shutting down");
+                return Ok(Flow::End(TxEnd::Stopped));
+            }
+            Err(e) => {
+                self.client_error("08006", &e.to_string());
+                return Ok(Flow::End(TxEnd::ServerGone));
+            }
+        };
+        let slot = ctx.region.slot(lease.slot);
+        let mut dirty = Dirty::default();
+        if lease.fresh {
+            let credential = self
+                .c
+                .credential
+                .clone()
+                .unwrap_or(BackendCredential::Password(String::new()));
+            let deadline = Instant::now() + ctx.config.main.authentication_timeout;
+            match backend::open_as_pooler(
+                ctx,
+                &mut lease,
+                self.c.startup,
+                &credential,
+                &self.rng,
+                deadline,
+            ) {
+                Ok((_, true)) => {}
+                Ok((_, false)) | Err(_) => {
+                    let user = self.c.key.user.clone();
+                    pool::kill(ctx, lease);
+                    self.client_error(
+                        "08006",
+                        &format!(
+                            "pgcorral could not open a server connection for user \"{user}\" \
+                             (transaction mode logs in as the client: give pgcorral the user's \
+                             password in its users vault)"
+                        ),
+                    );
+                    return Ok(Flow::End(TxEnd::ServerGone));
+                }
+            }
+        } else {
+            let setup = slot_setup(ctx, lease.slot, self.c.startup);
+            if !setup.is_empty() {
+                let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+                match backend::run_setup(fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
+                    Ok(_) => dirty.set(Dirty::GUC),
+                    Err(backend::SetupError::Server(message)) => {
+                        pool::give_back(ctx, lease);
+                        self.client_error("22023", &message);
+                        return Ok(Flow::End(TxEnd::ProtocolError));
+                    }
+                    Err(backend::SetupError::Io(_)) => {
+                        pool::kill(ctx, lease);
+                        return self.ensure_backend();
+                    }
+                }
+            }
+        }
+        slot.set_client_key(self.c.client_key.0, self.c.client_key.1);
+        let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        self.held = Some(Held {
+            lease,
+            fd,
+            dirty,
+            lost_statements: false,
+            queries: 0,
+        });
+        self.register_server()?;
+        Ok(Flow::Go)
+    }
+
+    fn register_server(&mut self) -> io::Result<()> {
+        let fd = self.held_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), SERVER, Interest::READABLE)?;
+        self.server_readable = true;
+        self.server_writable = true;
+        self.watching_server_writes = false;
+        self.status = b'I';
+        Ok(())
+    }
+
+    /// Ends the transaction on the held backend: undoes the session state the client changed and
+    /// gives the backend back (or closes it when that fails). `counted`: a client transaction ended.
+    fn release(&mut self, counted: bool) {
+        let Some(h) = self.held.take() else {
+            return;
+        };
+        let ctx = self.ctx;
+        let _ = self.poll.registry().deregister(&mut SourceFd(&h.fd));
+        self.server_readable = false;
+        ctx.region
+            .slot_stats(h.lease.slot)
+            .add(h.queries, counted as u64);
+        let main = &ctx.config.main;
+        let (sql, drops_statements) = if main.server_reset_query_always {
+            let q = main.server_reset_query.to_ascii_uppercase();
+            (
+                main.server_reset_query.clone(),
+                q.contains("DISCARD") || q.contains("DEALLOCATE"),
+            )
+        } else {
+            (
+                h.dirty.reset_sql(),
+                h.dirty.has(Dirty::SQL_PREPARE) || h.lost_statements,
+            )
+        };
+        if drops_statements || h.lost_statements {
+            ctx.region
+                .prepared(h.lease.slot)
+                .with(h.lease.generation, |set| set.clear());
+        }
+        if !sql.is_empty() {
+            log::debug!("slot {}: resetting session state: {sql}", h.lease.slot);
+            if backend::run_setup(h.fd, &sql, Instant::now() + backend::RESET_TIMEOUT).is_err() {
+                log::warn!(
+                    "slot {}: resetting the backend failed; closing it",
+                    h.lease.slot
+                );
+                pool::kill(ctx, h.lease);
+                return;
+            }
+        }
+        if let Some((slot, generation, fd)) = pool::give_back_keeping(ctx, h.lease) {
+            self.fds.put(slot, generation, fd);
+        }
+    }
+
+    /// After the relay: give back, drain, or kill the held backend.
+    fn finish(&mut self, end: TxEnd) {
+        if end == TxEnd::Stopped {
+            self.client_error(
+                "57P01",
+                "terminating connection due to administrator command",
+            );
+        }
+        let Some(h) = self.held.as_ref() else {
+            return;
+        };
+        let ctx = self.ctx;
+        let slot = h.lease.slot;
+        let usable =
+            matches!(end, TxEnd::ClientTerminated | TxEnd::ClientGone) && !self.server_fatal;
+        if !usable {
+            let h = self.held.take().expect("held");
+            pool::kill(ctx, h.lease);
+            return;
+        }
+        if self.expect.is_empty() && self.status == b'I' && self.can_release() {
+            self.release(false);
+            return;
+        }
+        // The client left mid-transaction or mid-result. A message half sent cannot be completed.
+        let half_sent = !matches!(self.cmsg, ClientMessage::Boundary)
+            || self.to_server_at < self.to_server.len();
+        if half_sent || !self.drain() {
+            log::debug!("slot {slot}: backend left in an unknown state; closing it");
+            let h = self.held.take().expect("held");
+            pool::kill(ctx, h.lease);
+            return;
+        }
+        self.release(false);
+    }
+
+    /// Brings the held backend to idle after its client left: cancel what runs, end a COPY, Sync,
+    /// read every answer owed, roll back. False when that failed.
+    fn drain(&mut self) -> bool {
+        let ctx = self.ctx;
+        let Some(h) = self.held.as_ref() else {
+            return false;
+        };
+        let (fd, slot) = (h.fd, h.lease.slot);
+        self.discard = true;
+        let deadline = Instant::now() + backend::RESET_TIMEOUT;
+        let server = &ctx.config.servers[ctx
+            .region
+            .slot(slot)
+            .server()
+            .min(ctx.config.servers.len() - 1)];
+        if !self.expect.is_empty() {
+            let _ = backend::cancel(server, ctx.region.slot(slot).backend_key());
+        }
+        let mut msgs = Vec::with_capacity(64);
+        if self.copy_in {
+            msgs.push(tag::COPY_FAIL);
+            let text = b"client disconnected\0";
+            msgs.extend_from_slice(&((4 + text.len()) as u32).to_be_bytes());
+            msgs.extend_from_slice(text);
+            self.copy_in = false;
+        }
+        extended::empty_message(tag::SYNC, &mut msgs);
+        self.expect.push_back(Expect::Ready);
+        if crate::io::write_all(fd, &msgs, deadline).is_err() {
+            return false;
+        }
+        while !self.expect.is_empty() {
+            let n = match crate::io::read_some(fd, &mut self.sin.data, deadline) {
+                Ok(n) => n,
+                Err(_) => return false,
+            };
+            match self.process_server(n) {
+                Ok(Flow::Go) => {}
+                _ => return false,
+            }
+            if self.server_fatal {
+                return false;
+            }
+            if self.held.is_none() {
+                return true; // released at the last ReadyForQuery
+            }
+        }
+        if self.status != b'I' {
+            if backend::run_setup(fd, "ROLLBACK", deadline).is_err() {
+                return false;
+            }
+            self.status = b'I';
+        }
+        true
+    }
+
+    /// Sends the client an ErrorResponse (FATAL: the session ends after it).
+    fn client_error(&mut self, code: &str, message: &str) {
+        if self.discard {
+            return;
+        }
+        let _ = self.flush_client();
+        let mut buf = Vec::with_capacity(96 + message.len());
+        pgcorral_wire::messages::error_response(&mut buf, &ErrorFields::fatal(code, message));
+        let _ = crate::io::write_all(
+            self.c.fd,
+            &buf,
+            crate::io::deadline_in(Duration::from_millis(500)),
+        );
+    }
+}
+
+/// SET statements that make a pooled backend match this client's startup parameters.
+fn slot_setup(ctx: &Context, slot: usize, startup: &StartupMessage) -> String {
+    ctx.region
+        .slot_data(slot)
+        .with_data(|record| crate::worker::setup_sql(startup, record))
+}
+
+/// Writes what it can; Err when the peer is gone.
+fn write_some(fd: RawFd, bytes: &[u8]) -> Result<usize, ()> {
+    // SAFETY: fd is the client socket or the held backend's socket, open for the call.
+    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut done = 0;
+    while done < bytes.len() {
+        match nix::unistd::write(bfd, &bytes[done..]) {
+            Ok(n) => done += n,
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_are_found_across_pieces() {
+        let text =
+            b"select pg_advisory_lock(1); create TEMP table t(); select set_config('a','b',false)";
+        for cut in 0..text.len() {
+            let mut d = Dirty::default();
+            let mut s = KeywordScan::default();
+            s.feed(&text[..cut], &mut d);
+            s.feed(&text[cut..], &mut d);
+            assert!(d.has(Dirty::ADVISORY), "cut {cut}");
+            assert!(d.has(Dirty::TEMP), "cut {cut}");
+            assert!(d.has(Dirty::GUC), "cut {cut}");
+        }
+        // Byte by byte.
+        let mut d = Dirty::default();
+        let mut s = KeywordScan::default();
+        for b in b"x AdViSoRy y" {
+            s.feed(std::slice::from_ref(b), &mut d);
+        }
+        assert_eq!(d, Dirty(Dirty::ADVISORY));
+        let mut d = Dirty::default();
+        KeywordScan::default().feed(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            &mut d,
+        );
+        assert_eq!(d, Dirty::default(), "plain queries leave nothing to reset");
+    }
+
+    #[test]
+    fn command_tags() {
+        let mut d = Dirty::default();
+        let mut lost = false;
+        note_command_tag(b"SET\0", &mut d, &mut lost);
+        note_command_tag(b"LISTEN\0", &mut d, &mut lost);
+        note_command_tag(b"SELECT 1\0", &mut d, &mut lost);
+        note_command_tag(b"SETTLE\0", &mut d, &mut lost);
+        assert_eq!(d, Dirty(Dirty::GUC | Dirty::LISTEN));
+        assert!(!lost);
+        note_command_tag(b"DISCARD ALL\0", &mut d, &mut lost);
+        assert!(lost);
+        assert_eq!(
+            Dirty(Dirty::GUC | Dirty::TEMP).reset_sql(),
+            "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;DISCARD TEMP;"
+        );
+    }
+
+    #[test]
+    fn statement_names_fit_namedatalen() {
+        let id = statement_id(b"SELECT 1\0\0\0");
+        let name = statement_name(&id);
+        assert_eq!(name.len(), 36);
+        assert!(name.starts_with(b"pgc_"));
+        assert_ne!(statement_id(b"SELECT 2\0\0\0"), id);
+    }
+}
