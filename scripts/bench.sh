@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# pgcorral's benchmark: read-only pgbench (-S) straight to PostgreSQL 15, through pgcorral
-# (performance pipeline) and through PgBouncer (session mode), on one machine, interleaved.
+# pgcorral's benchmark: pgbench straight to PostgreSQL 15, through pgcorral and through PgBouncer, on
+# one machine, interleaved: session pooling (pgcorral's performance pipeline against PgBouncer's
+# session mode, pool of 60) and transaction pooling (pgcorral's transaction pipeline against
+# PgBouncer's transaction mode, pool of $TX_POOL_SIZE), with the poolers' CPU time per transaction.
 #
 #   scripts/bench.sh            full run (DURATION=15 s per pgbench run, ROUNDS=2)
 #   scripts/bench.sh --quick    smoke run (DURATION=3, ROUNDS=1): checks the script, not the numbers
@@ -15,6 +17,11 @@
 #   simple-<c>     -M simple   for each c in $CLIENTS
 #   extended-<c>   -M extended for each c in $CLIENTS
 #   connect-<c>    -M simple -C (a new connection per transaction) for each c in $CONNECT_CLIENTS
+# Transaction pooling (pool of $TX_POOL_SIZE server connections), for each c in $TX_CLIENTS:
+#   tx-S-<c>       -S -M simple (read-only)
+#   tx-N-<c>       -N -M simple (writes: UPDATE, SELECT, INSERT in BEGIN/END)
+#   tx-prep-<c>    -S -M prepared, for each c in $TX_PREPARED_CLIENTS (PgBouncer 1.18 has no
+#                  prepared statements in transaction mode: pgcorral and direct only)
 # Order: for each round, for each scenario: direct, pgcorral, pgbouncer. The table shows the
 # median over the rounds (the mean of the two middle values for an even number of rounds).
 #
@@ -26,6 +33,9 @@
 #   JOBS             pgbench threads, -j (default 2)
 #   SCALE            pgbench -i scale (default 10)
 #   MEM_CLIENTS      clients of the memory-measurement run (default 10)
+#   TX_CLIENTS       client counts of the transaction-pooling scenarios (default "10 50 200"; "" skips)
+#   TX_PREPARED_CLIENTS  client counts of tx-prep (default "50 200"; "" skips)
+#   TX_POOL_SIZE     server connections of both poolers in transaction mode (default 20)
 #   OUT              report file (default target/bench/results.md; relative to the current dir)
 #   PG_BIN           PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)
 #   PGCORRAL_BIN     use this pgcorral binary instead of building target/release/pgcorral
@@ -69,6 +79,9 @@ CONNECT_CLIENTS=${CONNECT_CLIENTS-10}
 JOBS=${JOBS:-2}
 SCALE=${SCALE:-10}
 MEM_CLIENTS=${MEM_CLIENTS:-10}
+TX_CLIENTS=${TX_CLIENTS-10 50 200}
+TX_PREPARED_CLIENTS=${TX_PREPARED_CLIENTS-50 200}
+TX_POOL_SIZE=${TX_POOL_SIZE:-20}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 KEEP_TMP=${KEEP_TMP:-0}
 if [ -n "${OUT:-}" ]; then
@@ -78,7 +91,7 @@ else
 fi
 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
-for knob in DURATION ROUNDS JOBS SCALE MEM_CLIENTS; do
+for knob in DURATION ROUNDS JOBS SCALE MEM_CLIENTS TX_POOL_SIZE; do
     is_uint "${!knob}" || die "$knob must be a positive integer, not '${!knob}'"
 done
 for c in $CLIENTS $CONNECT_CLIENTS $MEM_CLIENTS; do
@@ -91,7 +104,12 @@ POOL_SIZE=60
 for c in $CLIENTS $CONNECT_CLIENTS $MEM_CLIENTS; do
     [ "$c" -le "$POOL_SIZE" ] || die "client count $c is above the poolers' $POOL_SIZE server connections"
 done
-[ -n "$CLIENTS$CONNECT_CLIENTS" ] || die "CLIENTS and CONNECT_CLIENTS are both empty: nothing to run"
+for c in $TX_CLIENTS $TX_PREPARED_CLIENTS; do
+    is_uint "$c" || die "client counts must be positive integers, not '$c'"
+    [ "$c" -ge "$JOBS" ] || die "every client count must be >= JOBS ($JOBS): pgbench needs -c >= -j"
+    [ "$c" -le 400 ] || die "transaction-pooling client count $c is above 400"
+done
+[ -n "$CLIENTS$CONNECT_CLIENTS$TX_CLIENTS$TX_PREPARED_CLIENTS" ] || die "no scenario selected: nothing to run"
 
 # ---------------------------------------------------------------------------------------------
 # Prerequisites
@@ -152,6 +170,8 @@ WORK=
 PG_DATA=
 PGCORRAL_PID=
 PGBOUNCER_PID=
+PGCORRAL_TX_PID=
+PGBOUNCER_TX_PID=
 BENCH_PID=
 SUCCESS=0
 
@@ -191,6 +211,13 @@ cleanup() {
         for w in $workers; do stop_pid "$w" pgcorral; done
     fi
     [ -n "$PGBOUNCER_PID" ] && stop_pid "$PGBOUNCER_PID" pgbouncer
+    if [ -n "$PGCORRAL_TX_PID" ]; then
+        local txw
+        txw=$(pgrep -P "$PGCORRAL_TX_PID" 2>/dev/null)
+        stop_pid "$PGCORRAL_TX_PID" pgcorral
+        for w in $txw; do stop_pid "$w" pgcorral; done
+    fi
+    [ -n "$PGBOUNCER_TX_PID" ] && stop_pid "$PGBOUNCER_TX_PID" pgbouncer
     if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
         local pm
         pm=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null)
@@ -264,7 +291,7 @@ PG_DATA=$WORK/pgdata
 say "PostgreSQL 15 cluster in $PG_DATA on 127.0.0.1:$PG_PORT"
 as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync \
     >"$WORK/initdb.log" 2>&1 || die "initdb failed: see $WORK/initdb.log"
-PG_OPTS="-p $PG_PORT -k $WORK/run -c listen_addresses=127.0.0.1 -c max_connections=300"
+PG_OPTS="-p $PG_PORT -k $WORK/run -c listen_addresses=127.0.0.1 -c max_connections=600"
 PG_OPTS="$PG_OPTS -c fsync=off -c shared_buffers=256MB"
 as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$WORK/postgres.log" -w -t 60 -o "$PG_OPTS" start \
     >/dev/null || die "PostgreSQL did not start: see $WORK/postgres.log"
@@ -307,6 +334,24 @@ wait_port "$CORRAL_PORT" "$PGCORRAL_PID" || {
     die "pgcorral did not come up on port $CORRAL_PORT: see $WORK/pgcorral.log"
 }
 
+# The same in transaction mode, pool of $TX_POOL_SIZE.
+CT=$WORK/pgcorral-tx
+mkdir -p "$CT"
+CORRAL_TX_PORT=$(free_port)
+sed -e "s/^port = $CORRAL_PORT\$/port = $CORRAL_TX_PORT/" -e "s/^pipeline = performance/pipeline = transaction/" \
+    -e "s|^unix_socket_dir = .*|unix_socket_dir = $CT|" -e "s/^max_connections = 100/max_connections = 500/" \
+    "$CD/pgcorral.conf" >"$CT/pgcorral.conf"
+cp "$CD/pgcorral_hba.conf" "$CT/"
+printf 'bench bench %s\n' "$TX_POOL_SIZE" >"$CT/pgcorral_databases.conf"
+say "pgcorral (transaction) on 127.0.0.1:$CORRAL_TX_PORT"
+"$BIN" -c "$CT/pgcorral.conf" -a "$CT/pgcorral_hba.conf" -l "$CT/pgcorral_databases.conf" \
+    </dev/null >"$WORK/pgcorral-tx.log" 2>&1 &
+PGCORRAL_TX_PID=$!
+wait_port "$CORRAL_TX_PORT" "$PGCORRAL_TX_PID" || {
+    tail -n 20 "$WORK/pgcorral-tx.log" >&2
+    die "pgcorral (transaction) did not come up on port $CORRAL_TX_PORT: see $WORK/pgcorral-tx.log"
+}
+
 # ---------------------------------------------------------------------------------------------
 # PgBouncer (refuses root: runs as postgres)
 # ---------------------------------------------------------------------------------------------
@@ -342,8 +387,30 @@ done
 PGBOUNCER_PID=$(cat "$BD/pgbouncer.pid")
 wait_port "$BOUNCER_PORT" "$PGBOUNCER_PID" || die "PgBouncer did not come up on port $BOUNCER_PORT: see $BD/pgbouncer.log"
 
-declare -A PORT_OF=([direct]=$PG_PORT [pgcorral]=$CORRAL_PORT [pgbouncer]=$BOUNCER_PORT)
-TARGETS=(direct pgcorral pgbouncer)
+BT=$WORK/pgbouncer-tx
+mkdir -p "$BT"
+BOUNCER_TX_PORT=$(free_port)
+cp "$BD/userlist.txt" "$BT/"
+sed -e "s/^listen_port = .*/listen_port = $BOUNCER_TX_PORT/" -e "s/^pool_mode = session/pool_mode = transaction/" \
+    -e "s/^default_pool_size = .*/default_pool_size = $TX_POOL_SIZE/" -e "s|$BD|$BT|g" \
+    "$BD/pgbouncer.ini" >"$BT/pgbouncer.ini"
+[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$BT"
+say "PgBouncer (transaction) on 127.0.0.1:$BOUNCER_TX_PORT"
+as_pg pgbouncer -d "$BT/pgbouncer.ini" >"$BT/start.log" 2>&1 ||
+    die "pgbouncer -d (transaction) failed: see $BT/start.log and $BT/pgbouncer.log"
+for _ in $(seq 1 100); do
+    [ -s "$BT/pgbouncer.pid" ] && break
+    sleep 0.1
+done
+[ -s "$BT/pgbouncer.pid" ] || die "PgBouncer (transaction) wrote no pidfile: see $BT/pgbouncer.log"
+PGBOUNCER_TX_PID=$(cat "$BT/pgbouncer.pid")
+wait_port "$BOUNCER_TX_PORT" "$PGBOUNCER_TX_PID" || die "PgBouncer (transaction) did not come up: see $BT/pgbouncer.log"
+
+declare -A PORT_OF=([direct]=$PG_PORT [pgcorral]=$CORRAL_PORT [pgbouncer]=$BOUNCER_PORT
+    [pgcorral-tx]=$CORRAL_TX_PORT [pgbouncer-tx]=$BOUNCER_TX_PORT)
+declare -A PID_OF=([pgcorral]=$PGCORRAL_PID [pgbouncer]=$PGBOUNCER_PID
+    [pgcorral-tx]=$PGCORRAL_TX_PID [pgbouncer-tx]=$PGBOUNCER_TX_PID)
+TARGETS=(direct pgcorral pgbouncer pgcorral-tx pgbouncer-tx)
 
 # Every target answers before anything is measured.
 for t in "${TARGETS[@]}"; do
@@ -356,22 +423,53 @@ done
 # pgbench runs
 # ---------------------------------------------------------------------------------------------
 SCENARIOS=()
-declare -A SC_ARGS SC_CLIENTS
+declare -A SC_ARGS SC_CLIENTS SC_TARGETS
+SESSION_TARGETS="direct pgcorral pgbouncer"
 for c in $CLIENTS; do
     SCENARIOS+=("simple-$c")
-    SC_ARGS[simple-$c]="-M simple"
+    SC_ARGS[simple-$c]="-S -M simple"
     SC_CLIENTS[simple-$c]=$c
+    SC_TARGETS[simple-$c]=$SESSION_TARGETS
 done
 for c in $CLIENTS; do
     SCENARIOS+=("extended-$c")
-    SC_ARGS[extended-$c]="-M extended"
+    SC_ARGS[extended-$c]="-S -M extended"
     SC_CLIENTS[extended-$c]=$c
+    SC_TARGETS[extended-$c]=$SESSION_TARGETS
 done
 for c in $CONNECT_CLIENTS; do
     SCENARIOS+=("connect-$c")
-    SC_ARGS[connect-$c]="-M simple -C"
+    SC_ARGS[connect-$c]="-S -M simple -C"
     SC_CLIENTS[connect-$c]=$c
+    SC_TARGETS[connect-$c]=$SESSION_TARGETS
 done
+TX_SCENARIOS=()
+for c in $TX_CLIENTS; do
+    for kind in S N; do
+        TX_SCENARIOS+=("tx-$kind-$c")
+        SC_ARGS[tx-$kind-$c]="-$kind -M simple"
+        SC_CLIENTS[tx-$kind-$c]=$c
+        SC_TARGETS[tx-$kind-$c]="direct pgcorral-tx pgbouncer-tx"
+    done
+done
+for c in $TX_PREPARED_CLIENTS; do
+    TX_SCENARIOS+=("tx-prep-$c")
+    SC_ARGS[tx-prep-$c]="-S -M prepared"
+    SC_CLIENTS[tx-prep-$c]=$c
+    SC_TARGETS[tx-prep-$c]="direct pgcorral-tx"
+done
+SCENARIOS+=("${TX_SCENARIOS[@]}")
+
+# CPU time (clock ticks) a pooler used so far: its own plus that of its reaped children (pgcorral's
+# workers, which exit when their client does and are reaped by main).
+cpu_ticks() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    # Fields after the ") " that closes the command name: utime is the 12th, then stime, cutime, cstime.
+    echo "${stat##*) }" | awk '{print $12 + $13 + $14 + $15}'
+}
+CLK_TCK=$(getconf CLK_TCK)
+declare -A CPU_US # CPU_US[scenario/target] = µs of pooler CPU per transaction, one per round
 
 declare -A TPS # TPS[scenario/target] = space-separated values, one per round
 
@@ -400,18 +498,26 @@ parse_pgbench() {
     echo "$tps"
 }
 
-total_runs=$((ROUNDS * ${#SCENARIOS[@]} * ${#TARGETS[@]}))
-say "$total_runs pgbench runs of ${DURATION} s (${#SCENARIOS[@]} scenarios x ${#TARGETS[@]} targets x $ROUNDS rounds)"
+total_runs=0
+for sc in "${SCENARIOS[@]}"; do
+    read -ra sc_targets <<<"${SC_TARGETS[$sc]}"
+    total_runs=$((total_runs + ROUNDS * ${#sc_targets[@]}))
+done
+say "$total_runs pgbench runs of ${DURATION} s (${#SCENARIOS[@]} scenarios, $ROUNDS rounds)"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 n=0
 for ((round = 1; round <= ROUNDS; round++)); do
     for sc in "${SCENARIOS[@]}"; do
-        for t in "${TARGETS[@]}"; do
+        read -ra sc_targets <<<"${SC_TARGETS[$sc]}"
+        for t in "${sc_targets[@]}"; do
             n=$((n + 1))
             log=$WORK/runs/r$round-$sc-$t.log
             read -ra mode_args <<<"${SC_ARGS[$sc]}"
-            args=(-n -S "${mode_args[@]}" -c "${SC_CLIENTS[$sc]}" -j "$JOBS" -T "$DURATION"
+            args=(-n "${mode_args[@]}" -c "${SC_CLIENTS[$sc]}" -j "$JOBS" -T "$DURATION"
                 -h 127.0.0.1 -p "${PORT_OF[$t]}" -U bench bench)
+            pooler_pid=${PID_OF[$t]:-}
+            cpu_before=0
+            [ -n "$pooler_pid" ] && cpu_before=$(cpu_ticks "$pooler_pid")
             expect="without initial connection time"
             case "$sc" in connect-*) expect="including reconnection times" ;; esac
             run_pgbench "$log" "${args[@]}" || {
@@ -422,6 +528,15 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 die "bad pgbench result: round $round, $sc, $t: see $log"
             tps=$(printf '%.1f' "$tps")
             TPS[$sc/$t]="${TPS[$sc/$t]:-}${TPS[$sc/$t]:+ }$tps"
+            if [ -n "$pooler_pid" ]; then
+                # pgcorral's workers exit with their clients: give main a moment to reap them.
+                sleep 1
+                cpu_after=$(cpu_ticks "$pooler_pid")
+                txs=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+                us=$(awk -v d=$((cpu_after - cpu_before)) -v hz="$CLK_TCK" -v n="$txs" \
+                    'BEGIN {if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "n/a"}')
+                CPU_US[$sc/$t]="${CPU_US[$sc/$t]:-}${CPU_US[$sc/$t]:+ }$us"
+            fi
             printf '%s: [%d/%d] round %d %-12s %-9s tps %10.1f\n' "$PROG" "$n" "$total_runs" "$round" \
                 "$sc" "$t" "$tps" >&2
         done
@@ -499,12 +614,45 @@ CPU_MODEL=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 report() {
     echo "## pgcorral benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     echo
-    echo "pgbench -S (read-only), median TPS over $ROUNDS round(s) of ${DURATION} s per run."
+    echo "Median TPS over $ROUNDS round(s) of ${DURATION} s per run; pooler CPU in µs per transaction"
+    echo "(user + system time of the pooler's processes, pgcorral's workers included, over the run)."
+    echo
+    local sc d c b label cu bu
+    if [ -n "${TX_SCENARIOS[*]}" ]; then
+        echo "### Transaction pooling (pool of $TX_POOL_SIZE server connections)"
+        echo
+        echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral CPU µs/tx | pgbouncer CPU µs/tx |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        for sc in "${TX_SCENARIOS[@]}"; do
+            d=$(echo "${TPS[$sc/direct]}" | median)
+            c=$(echo "${TPS[$sc/pgcorral-tx]}" | median)
+            cu=$(echo "${CPU_US[$sc/pgcorral-tx]}" | median)
+            case "$sc" in
+            tx-prep-*)
+                b="n/a (no prepared statements in transaction mode)"
+                bu="n/a"
+                ;;
+            *)
+                b=$(echo "${TPS[$sc/pgbouncer-tx]}" | median)
+                bu=$(echo "${CPU_US[$sc/pgbouncer-tx]}" | median)
+                ;;
+            esac
+            case "$sc" in
+            tx-S-*) label="-S -M simple, ${SC_CLIENTS[$sc]} clients" ;;
+            tx-N-*) label="-N -M simple, ${SC_CLIENTS[$sc]} clients" ;;
+            tx-prep-*) label="-S -M prepared, ${SC_CLIENTS[$sc]} clients" ;;
+            esac
+            echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $cu | $bu |"
+        done
+        echo
+    fi
+    [ -n "$CLIENTS$CONNECT_CLIENTS" ] && {
+    echo "### Session pooling (pgbench -S, pool of $POOL_SIZE)"
     echo
     echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral/direct |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-    local sc d c b label
     for sc in "${SCENARIOS[@]}"; do
+        case "$sc" in tx-*) continue ;; esac
         d=$(echo "${TPS[$sc/direct]}" | median)
         c=$(echo "${TPS[$sc/pgcorral]}" | median)
         b=$(echo "${TPS[$sc/pgbouncer]}" | median)
@@ -516,6 +664,7 @@ report() {
         echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $(ratio "$c" "$d") |"
     done
     echo
+    }
     echo "pgcorral worker memory (kB, min / median / max over $MEM_N workers, -S -c $MEM_CLIENTS under load):" \
         "private (Private_Clean+Private_Dirty) $MEM_PRIV; Pss $MEM_PSS; Rss $MEM_RSS;" \
         "main process private $main_priv, Pss $main_pss."
@@ -524,7 +673,10 @@ report() {
         echo "Per-round TPS (direct | pgcorral | pgbouncer):"
         echo
         for sc in "${SCENARIOS[@]}"; do
-            echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral]// /, } | ${TPS[$sc/pgbouncer]// /, }"
+            case "$sc" in
+            tx-*) echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral-tx]// /, } | ${TPS[$sc/pgbouncer-tx]:-n/a}" ;;
+            *) echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral]// /, } | ${TPS[$sc/pgbouncer]// /, }" ;;
+            esac
         done
         echo
     fi
@@ -536,7 +688,8 @@ report() {
     echo "Parameters: pgbench -n -S -j $JOBS -T $DURATION, -M simple / -M extended at CLIENTS=\"$CLIENTS\"," \
         "-C -M simple at CONNECT_CLIENTS=\"$CONNECT_CLIENTS\"; scale $SCALE; TCP to 127.0.0.1;" \
         "order per scenario direct, pgcorral, pgbouncer; $ROUNDS round(s)." \
-        "PostgreSQL: max_connections=300, fsync=off, shared_buffers=256MB, trust." \
+        "Transaction pooling: pgcorral pipeline=transaction and PgBouncer pool_mode=transaction, $TX_POOL_SIZE server connections each, TX_CLIENTS=\"$TX_CLIENTS\", TX_PREPARED_CLIENTS=\"$TX_PREPARED_CLIENTS\"." \
+        "PostgreSQL: max_connections=600, fsync=off, shared_buffers=256MB, trust." \
         "pgcorral: pipeline=performance, max_connections=100, limit bench/bench $POOL_SIZE, log_level=warn, hba method all." \
         "PgBouncer: pool_mode=session, default_pool_size=$POOL_SIZE, max_client_conn=500, auth_type=trust," \
         "log_connections=0, log_disconnections=0."
