@@ -50,17 +50,20 @@ fn bad_value_names_file_line_and_key() {
 }
 
 #[test]
-fn transaction_pipeline_not_supported_yet() {
+fn unknown_pipeline_names_file_line_and_key() {
     let cluster = PgCluster::start();
-    let o = opts("transaction", &["pgcorral_test trust_user 5 1 1"]);
+    let o = opts("statement", &["pgcorral_test trust_user 5 1 1"]);
     let f = match Pgcorral::try_start(&cluster, o) {
-        Ok(_) => panic!("pgcorral started with pipeline = transaction"),
+        Ok(_) => panic!("pgcorral started with pipeline = statement"),
         Err(f) => f,
     };
     let status = f.status.unwrap_or_else(|| panic!("no exit status: {f}"));
     assert!(!status.success(), "exit status {status}\n{f}");
+    let line = line_of(&f.conf, "pipeline = statement");
+    assert!(names_line(&f.log, line), "line {line} not named:\n{f}");
     assert!(
-        f.log.to_lowercase().contains("not supported yet"),
-        "no 'not supported yet':\n{f}"
+        f.log
+            .contains("expected auto, performance, session or transaction"),
+        "no list of pipelines:\n{f}"
     );
 }

@@ -359,6 +359,7 @@ impl Daemon {
         let forked = unsafe { nix::unistd::fork() };
         match forked {
             Ok(ForkResult::Child) => {
+                crate::io::refresh_pid();
                 for fd in self.main_only_fds() {
                     // SAFETY: these fds belong to main's objects, which the child never uses or drops.
                     unsafe { libc::close(fd) };

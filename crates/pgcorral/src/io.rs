@@ -159,6 +159,24 @@ pub fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's PID, cached: the pool asks for it on every checkout, once per transaction in the
+/// transaction pipeline. `fork_child` refreshes it in each new child.
+static MY_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+pub fn my_pid() -> i32 {
+    match MY_PID.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => refresh_pid(),
+        pid => pid,
+    }
+}
+
+/// Re-reads the PID (call first thing in a forked child).
+pub fn refresh_pid() -> i32 {
+    let pid = std::process::id() as i32;
+    MY_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+    pid
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

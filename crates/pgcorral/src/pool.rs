@@ -119,7 +119,7 @@ pub fn checkout(
     mut fds: Option<&mut FdCache>,
 ) -> Result<Checkout, PoolError> {
     let region = &ctx.region;
-    let me = std::process::id() as i32;
+    let me = crate::io::my_pid();
     let started = Instant::now();
     let deadline = started + timeout;
     let max_connections = ctx.config.main.max_connections;
@@ -171,10 +171,13 @@ pub fn checkout(
         }
         let now = Instant::now();
         if now >= deadline {
-            region
-                .header()
-                .wait_timeouts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A zero timeout is a look, not a wait: it times nothing out.
+            if !timeout.is_zero() {
+                region
+                    .header()
+                    .wait_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             break Err(PoolError::Full);
         }
         if ticket.is_none() {
@@ -368,7 +371,7 @@ pub fn give_back_keeping(ctx: &Context, mut lease: Lease) -> Option<(usize, u32,
         // Someone marked it (flush): it must not be reused.
         let state = slot.state();
         lease.fresh = false;
-        slot.set_owner(std::process::id() as i32);
+        slot.set_owner(crate::io::my_pid());
         kill_in_state(ctx, lease, state);
         None
     }
