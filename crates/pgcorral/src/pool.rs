@@ -361,7 +361,16 @@ pub fn give_back_keeping(ctx: &Context, mut lease: Lease) -> Option<(usize, u32,
         }
     }
     slot.set_client_key(0, 0);
-    wait_for_cancels(ctx, lease.slot);
+    if !wait_for_cancels(ctx, lease.slot) {
+        log::warn!(
+            "slot {}: a cancel request is still being forwarded; closing the backend rather than \
+             risk it reaching the next client",
+            lease.slot
+        );
+        lease.fresh = false; // main holds the socket by now
+        kill(ctx, lease);
+        return None;
+    }
     slot.set_last_use(now_secs());
     slot.set_owner(0);
     if slot.transition(SlotState::InUse, SlotState::Free) {
@@ -381,15 +390,20 @@ pub fn give_back_keeping(ctx: &Context, mut lease: Lease) -> Option<(usize, u32,
 /// another client: PostgreSQL ignores a cancel that arrives while the backend is idle, never one that
 /// arrives during the next client's query. The client key was cleared first, so no new forwarding
 /// starts; this waits (briefly: a cancel is one local connection) for those already under way.
-fn wait_for_cancels(ctx: &Context, slot: usize) {
+fn wait_for_cancels(ctx: &Context, slot: usize) -> bool {
     let stats = ctx.region.slot_stats(slot);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stats
-        .cancels_in_flight
-        .load(std::sync::atomic::Ordering::SeqCst)
-        > 0
-        && Instant::now() < deadline
-    {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if stats
+            .cancels_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 /// Largest named Parse pgcorral holds whole to hash it.
 const MAX_NAMED_PARSE: usize = 64 << 20;
+/// Most bytes of statement text one client may keep prepared.
+const MAX_STATEMENT_BYTES: usize = 256 << 20;
 /// Largest Describe or Close (PostgreSQL's own cap on such messages is 10000 bytes).
 const MAX_SMALL_MESSAGE: usize = 64 << 10;
 /// Stop reading a side while this much output for the other side is pending.
@@ -43,8 +45,12 @@ const HIGH_WATER: usize = 256 << 10;
 /// What a forwarded request will be answered with, in order.
 #[derive(Debug)]
 enum Expect {
-    /// Query, FunctionCall or Sync: everything up to ReadyForQuery.
-    Ready,
+    /// Query, FunctionCall (`sync` false) or Sync (`sync` true): everything up to ReadyForQuery.
+    /// After an error in an extended-query batch PostgreSQL skips every message but Sync, so only a
+    /// Sync's entry ends the skip.
+    Ready {
+        sync: bool,
+    },
     /// ParseComplete. `swallow`: pgcorral injected the Parse, the client must not see the answer.
     /// `id`: the statement recorded in the backend's set (forgotten if the Parse fails).
     Parse {
@@ -56,10 +62,14 @@ enum Expect {
     Describe,
     /// CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
-    /// CloseComplete; `swallow` for a Close pgcorral injected (LRU eviction).
+    /// CloseComplete; `swallow` for a Close pgcorral injected (LRU eviction of `victim`).
     Close {
         swallow: bool,
+        victim: Option<StatementId>,
     },
+    /// The client ended a COPY IN here (CopyDone or CopyFail): Syncs before it reach the server in
+    /// COPY IN mode and are ignored; Syncs after it are answered. Answered by nothing.
+    CopyEnd,
     /// An answer pgcorral gives itself (ParseComplete for a statement the backend already has or that
     /// is prepared lazily, CloseComplete for a client statement, ReadyForQuery for a Sync between
     /// transactions), sent when its turn comes.
@@ -306,6 +316,17 @@ struct Tx<'a> {
     scan: KeywordScan,
     status: u8,
     copy_in: bool,
+    /// An extended-query message failed and the server discards everything up to the client's next
+    /// Sync (which the client has not sent yet).
+    skipping: bool,
+    /// Extended-query messages went to the server since the last Sync: an implicit transaction may
+    /// hold uncommitted work that a Sync would commit.
+    unsynced: bool,
+    /// The transaction ended (ReadyForQuery `I`, nothing owed) while the backend could not be given
+    /// back yet (a client message was half relayed): give it back as soon as it can be.
+    release_due: bool,
+    /// Bytes of Parse messages kept for the client's named statements.
+    statement_bytes: usize,
     /// Answers go nowhere: the client left and the backend is being drained.
     discard: bool,
     server_fatal: bool,
@@ -356,6 +377,10 @@ pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> 
         scan: KeywordScan::default(),
         status: b'I',
         copy_in: false,
+        skipping: false,
+        unsynced: false,
+        release_due: false,
+        statement_bytes: 0,
         discard: false,
         server_fatal: false,
         client_readable: true,
@@ -427,6 +452,10 @@ impl Tx<'_> {
                             Err(()) => return Ok(TxEnd::ClientGone),
                         }
                     }
+                }
+                if self.release_due && self.expect.is_empty() && self.can_release() {
+                    self.release_due = false;
+                    self.release(true);
                 }
                 // Server → client.
                 if self.to_client_at < self.to_client.len() && self.client_writable {
@@ -585,7 +614,9 @@ impl Tx<'_> {
 
     /// Handles the client bytes in `cin`: whole messages, or the streamed part of a large one.
     fn process_client(&mut self) -> io::Result<Flow> {
-        while self.cin_start < self.cin_end && self.to_server.len() - self.to_server_at < HIGH_WATER
+        while self.cin_start < self.cin_end
+            && self.to_server.len() - self.to_server_at < HIGH_WATER
+            && self.to_client.len() - self.to_client_at < HIGH_WATER
         {
             if let ClientMessage::Streaming { left, scan } = self.cmsg {
                 let n = left.min(self.cin_end - self.cin_start);
@@ -626,6 +657,10 @@ impl Tx<'_> {
             let whole = avail > len; // tag + len bytes available
             match t {
                 tag::TERMINATE => return Ok(Flow::End(TxEnd::ClientTerminated)),
+                // PostgreSQL ignores Sync and Flush during COPY IN, except when it has just left COPY
+                // (an error in the data) and would answer a Sync pgcorral did not count: never
+                // forward them.
+                tag::SYNC | xtag::FLUSH if self.copy_in && len == 4 => self.cin_start += 5,
                 // Between transactions a Sync or Flush needs no backend: every answer due is
                 // pgcorral's own (a lazily prepared statement's ParseComplete), and the session is
                 // idle. Answering here is what lets a client prepare statements without waiting for
@@ -700,7 +735,13 @@ impl Tx<'_> {
                     if let Flow::End(e) = self.ensure_backend(Wait::Yes)? {
                         return Ok(Flow::End(e));
                     }
-                    let renamed = self.prepare_for_use(&statement);
+                    self.unsynced = true;
+                    self.release_due = false;
+                    let renamed = if self.skipping {
+                        None
+                    } else {
+                        self.prepare_for_use(&statement)
+                    };
                     match renamed {
                         Some(name) => {
                             let head = BindHead {
@@ -736,6 +777,11 @@ impl Tx<'_> {
         if self.cin_start == self.cin_end {
             self.cin_start = 0;
             self.cin_end = 0;
+            if self.cin.len() > RELAY_BUFFER {
+                // A large message grew the buffer: give the memory back.
+                self.cin.truncate(RELAY_BUFFER);
+                self.cin.shrink_to_fit();
+            }
         }
         Ok(Flow::Go)
     }
@@ -778,22 +824,37 @@ impl Tx<'_> {
             return Ok(Flow::End(e));
         }
         let h = self.held.as_mut().expect("a backend is held");
+        if self.skipping {
+            // The server discards everything up to the next Sync after an error: no answers due.
+            if t == tag::SYNC {
+                self.skipping = false;
+                self.unsynced = false;
+                self.expect.push_back(Expect::Ready { sync: true });
+            }
+            return Ok(Flow::Go);
+        }
         match t {
             tag::QUERY => {
                 h.queries += 1;
-                self.expect.push_back(Expect::Ready);
+                self.expect.push_back(Expect::Ready { sync: false });
             }
-            xtag::FUNCTION_CALL => self.expect.push_back(Expect::Ready),
-            // PostgreSQL ignores Sync during COPY IN: it earns no ReadyForQuery.
-            tag::SYNC if self.copy_in => {}
-            tag::SYNC => self.expect.push_back(Expect::Ready),
+            xtag::FUNCTION_CALL => self.expect.push_back(Expect::Ready { sync: false }),
+            tag::SYNC => {
+                self.unsynced = false;
+                self.expect.push_back(Expect::Ready { sync: true });
+            }
             xtag::EXECUTE => {
                 h.queries += 1;
+                self.unsynced = true;
                 self.expect.push_back(Expect::Execute);
             }
-            xtag::COPY_DONE | tag::COPY_FAIL => self.copy_in = false,
+            xtag::COPY_DONE | tag::COPY_FAIL => {
+                self.copy_in = false;
+                self.expect.push_back(Expect::CopyEnd);
+            }
             _ => {}
         }
+        self.release_due = false;
         Ok(Flow::Go)
     }
 
@@ -802,6 +863,11 @@ impl Tx<'_> {
             self.client_error("08P01", "invalid Parse message");
             return Ok(Flow::End(TxEnd::ProtocolError));
         };
+        if self.skipping {
+            // Discarded by the server (an earlier message failed): relay it, expect nothing.
+            self.to_server.extend_from_slice(msg);
+            return Ok(Flow::Go);
+        }
         let named = !view.name.is_empty() && self.prepared_enabled;
         // A named statement is checked on a backend at once when one is free, so that its errors come
         // where PostgreSQL gives them. When none is free it is prepared lazily, on the backend of the
@@ -817,7 +883,16 @@ impl Tx<'_> {
         if let Some(h) = self.held.as_mut() {
             h.dirty.set(dirty.0);
         }
+        if let Some(h) = self.held.as_mut() {
+            if !view.name.is_empty() && !named {
+                // Not renamed (max_prepared_statements = 0): the statement must not outlive the
+                // transaction on a shared backend.
+                h.dirty.set(Dirty::SQL_PREPARE);
+            }
+        }
         if !named {
+            self.unsynced = true;
+            self.release_due = false;
             self.to_server.extend_from_slice(msg);
             self.expect.push_back(Expect::Parse {
                 swallow: false,
@@ -829,6 +904,19 @@ impl Tx<'_> {
         let name = statement_name(&id);
         let mut parse = Vec::with_capacity(msg.len() + 40);
         view.encode_renamed(&name, &mut parse);
+        let replaced = self
+            .statements
+            .get(view.name)
+            .map(|s| s.parse.len())
+            .unwrap_or(0);
+        self.statement_bytes = self.statement_bytes - replaced + parse.len();
+        if self.statement_bytes > MAX_STATEMENT_BYTES {
+            self.client_error(
+                "54000",
+                "the client's prepared statements exceed pgcorral's limit (256 MB of statement text)",
+            );
+            return Ok(Flow::End(TxEnd::ProtocolError));
+        }
         if self.held.is_none() || self.backend_has(&id) {
             self.expect.push_back(Expect::Fake(xtag::PARSE_COMPLETE));
             self.drain_fakes();
@@ -848,6 +936,12 @@ impl Tx<'_> {
         if let Flow::End(e) = self.ensure_backend(Wait::Yes)? {
             return Ok(Flow::End(e));
         }
+        if self.skipping {
+            self.to_server.extend_from_slice(msg);
+            return Ok(Flow::Go);
+        }
+        self.unsynced = true;
+        self.release_due = false;
         let renamed = if view.is_statement() {
             self.prepare_for_use(view.name)
         } else {
@@ -866,7 +960,19 @@ impl Tx<'_> {
             self.client_error("08P01", "invalid Close message");
             return Ok(Flow::End(TxEnd::ProtocolError));
         };
-        if view.is_statement() && self.statements.remove(view.name).is_some() {
+        if self.skipping {
+            if let Flow::End(e) = self.ensure_backend(Wait::Yes)? {
+                return Ok(Flow::End(e));
+            }
+            self.to_server.extend_from_slice(msg);
+            return Ok(Flow::Go);
+        }
+        if let Some(gone) = view
+            .is_statement()
+            .then(|| self.statements.remove(view.name))
+            .flatten()
+        {
+            self.statement_bytes -= gone.parse.len();
             // The statement stays prepared on the backends (others may use it); the client's name is
             // gone, as if closed.
             self.expect.push_back(Expect::Fake(xtag::CLOSE_COMPLETE));
@@ -876,8 +982,20 @@ impl Tx<'_> {
         if let Flow::End(e) = self.ensure_backend(Wait::Yes)? {
             return Ok(Flow::End(e));
         }
+        if view.is_statement() && view.name.starts_with(b"pgc_") {
+            // It may close one of pgcorral's own statements: the backend's set cannot be trusted.
+            if let Some(h) = self.held.as_mut() {
+                h.lost_statements = true;
+                h.dirty.set(Dirty::SQL_PREPARE);
+            }
+        }
+        self.unsynced = true;
+        self.release_due = false;
         self.to_server.extend_from_slice(msg);
-        self.expect.push_back(Expect::Close { swallow: false });
+        self.expect.push_back(Expect::Close {
+            swallow: false,
+            victim: None,
+        });
         Ok(Flow::Go)
     }
 
@@ -926,7 +1044,10 @@ impl Tx<'_> {
         });
         if let Some(v) = victim {
             TargetView::encode(xtag::CLOSE, b'S', &statement_name(&v), &mut self.to_server);
-            self.expect.push_back(Expect::Close { swallow: true });
+            self.expect.push_back(Expect::Close {
+                swallow: true,
+                victim: Some(v),
+            });
         }
         self.to_server.extend_from_slice(parse);
         self.expect.push_back(Expect::Parse {
@@ -1004,7 +1125,7 @@ impl Tx<'_> {
     fn swallows(&self, t: u8) -> bool {
         match self.expect.front() {
             Some(Expect::Parse { swallow: true, .. }) => t == xtag::PARSE_COMPLETE,
-            Some(Expect::Close { swallow: true }) => t == xtag::CLOSE_COMPLETE,
+            Some(Expect::Close { swallow: true, .. }) => t == xtag::CLOSE_COMPLETE,
             _ => false,
         }
     }
@@ -1016,15 +1137,29 @@ impl Tx<'_> {
             tag::READY_FOR_QUERY => {
                 self.status = self.sr.peek.first().copied().unwrap_or(b'I');
                 self.copy_in = false;
+                let mut answered = false;
                 while let Some(e) = self.expect.pop_front() {
-                    if matches!(e, Expect::Ready) {
+                    if matches!(e, Expect::Ready { .. }) {
+                        answered = true;
                         break;
                     }
                     self.forget_failed(&e);
                 }
+                if !answered {
+                    // A ReadyForQuery nothing asked for: pgcorral lost track of this stream, and
+                    // the backend cannot be trusted with another client.
+                    log::warn!("unexpected ReadyForQuery from the server; closing the session");
+                    self.client_error("08P01", "pgcorral lost track of the server's answers");
+                    self.server_fatal = true;
+                    return Ok(Flow::End(TxEnd::ServerGone));
+                }
                 self.drain_fakes();
-                if self.expect.is_empty() && self.status == b'I' && self.can_release() {
-                    self.release(true);
+                if self.expect.is_empty() && self.status == b'I' && !self.unsynced {
+                    if self.can_release() {
+                        self.release(true);
+                    } else {
+                        self.release_due = true;
+                    }
                 }
             }
             tag::ERROR_RESPONSE => {
@@ -1036,14 +1171,31 @@ impl Tx<'_> {
                     }
                     return Ok(Flow::Go);
                 }
-                // In the extended protocol the server skips to the next Sync: so do the answers.
-                if !matches!(self.expect.front(), Some(Expect::Ready) | None) {
+                self.copy_in = false;
+                // In the extended protocol the server skips to the next Sync (Query and FunctionCall
+                // included): so do the answers. A Query's own error is followed by its ReadyForQuery.
+                if !matches!(self.expect.front(), Some(Expect::Ready { .. }) | None) {
+                    let exists = ReceivedError::parse(&self.sr.peek).code == b"42P05";
+                    if let (true, Some(Expect::Parse { id: Some(id), .. }), Some(h)) =
+                        (exists, self.expect.front(), self.held.as_ref())
+                    {
+                        // The backend has the statement after all: remember it, never re-inject.
+                        let id = *id;
+                        self.ctx
+                            .region
+                            .prepared(h.lease.slot)
+                            .with(h.lease.generation, |set| set.insert(id));
+                        self.expect.pop_front();
+                    }
                     while let Some(e) = self.expect.front() {
-                        if matches!(e, Expect::Ready) {
+                        if matches!(e, Expect::Ready { sync: true }) {
                             break;
                         }
                         let e = self.expect.pop_front().expect("front exists");
                         self.forget_failed(&e);
+                    }
+                    if self.expect.is_empty() {
+                        self.skipping = true;
                     }
                 }
             }
@@ -1052,6 +1204,7 @@ impl Tx<'_> {
             xtag::CLOSE_COMPLETE => self.pop_if(|e| matches!(e, Expect::Close { .. })),
             xtag::ROW_DESCRIPTION | xtag::NO_DATA => self.pop_if(|e| matches!(e, Expect::Describe)),
             xtag::COMMAND_COMPLETE => {
+                self.copy_in = false;
                 if let Some(h) = self.held.as_mut() {
                     note_command_tag(&self.sr.peek, &mut h.dirty, &mut h.lost_statements);
                 }
@@ -1069,12 +1222,19 @@ impl Tx<'_> {
                 self.copy_in = true;
                 // Syncs sent after the Execute that started this COPY reach the server in COPY IN
                 // mode and are ignored there: no ReadyForQuery will answer them.
+                // Only those sent before the client ended the COPY: later ones are answered.
                 if matches!(self.expect.front(), Some(Expect::Execute)) {
+                    let mut in_copy = true;
                     let keep: VecDeque<Expect> = self
                         .expect
                         .drain(..)
                         .enumerate()
-                        .filter(|(i, e)| *i == 0 || !matches!(e, Expect::Ready))
+                        .filter(|(i, e)| {
+                            if matches!(e, Expect::CopyEnd) {
+                                in_copy = false;
+                            }
+                            *i == 0 || !(in_copy && matches!(e, Expect::Ready { sync: true }))
+                        })
                         .map(|(_, e)| e)
                         .collect();
                     self.expect = keep;
@@ -1082,6 +1242,7 @@ impl Tx<'_> {
             }
             _ => {}
         }
+        self.drain_fakes();
         Ok(Flow::Go)
     }
 
@@ -1096,11 +1257,23 @@ impl Tx<'_> {
 
     /// A request the server skipped or refused: a statement its Parse did not create is forgotten.
     fn forget_failed(&mut self, e: &Expect) {
-        if let (Expect::Parse { id: Some(id), .. }, Some(h)) = (e, self.held.as_ref()) {
-            self.ctx
-                .region
-                .prepared(h.lease.slot)
-                .with(h.lease.generation, |set| set.remove(id));
+        let Some(h) = self.held.as_mut() else {
+            return;
+        };
+        let set = self.ctx.region.prepared(h.lease.slot);
+        match e {
+            Expect::Parse { id: Some(id), .. } => set.with(h.lease.generation, |s| s.remove(id)),
+            Expect::Close {
+                swallow: true,
+                victim: Some(v),
+            } => {
+                // The eviction did not happen: the backend still has the statement.
+                if !set.with(h.lease.generation, |s| s.insert(*v)) {
+                    h.lost_statements = true;
+                    h.dirty.set(Dirty::SQL_PREPARE);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1109,7 +1282,11 @@ impl Tx<'_> {
         if !self.sr.at_boundary() {
             return;
         }
-        while let Some(Expect::Fake(t)) = self.expect.front() {
+        while let Some(Expect::Fake(_) | Expect::CopyEnd) = self.expect.front() {
+            let Some(Expect::Fake(t)) = self.expect.front() else {
+                self.expect.pop_front();
+                continue;
+            };
             if !self.discard {
                 if *t == tag::READY_FOR_QUERY {
                     pgcorral_wire::messages::ready_for_query(&mut self.to_client, b'I');
@@ -1228,6 +1405,9 @@ impl Tx<'_> {
             lost_statements: false,
             queries: 0,
         });
+        self.skipping = false;
+        self.unsynced = false;
+        self.release_due = false;
         self.server_readable = false; // an idle backend has nothing to say until it gets a query
         self.server_writable = true;
         self.status = b'I';
@@ -1299,14 +1479,27 @@ impl Tx<'_> {
             pool::kill(ctx, h.lease);
             return;
         }
-        if self.expect.is_empty() && self.status == b'I' && self.can_release() {
+        if end == TxEnd::ClientTerminated
+            && matches!(self.cmsg, ClientMessage::Boundary)
+            && self.to_server_at < self.to_server.len()
+        {
+            // What the client sent before its Terminate still goes to the server, as it would
+            // without a pooler.
+            let fd = self.held_fd();
+            let pending = self.to_server.split_off(self.to_server_at);
+            if crate::io::write_all(fd, &pending, Instant::now() + backend::RESET_TIMEOUT).is_ok() {
+                self.to_server.clear();
+                self.to_server_at = 0;
+            }
+        }
+        if self.expect.is_empty() && self.status == b'I' && !self.unsynced && self.can_release() {
             self.release(false);
             return;
         }
         // The client left mid-transaction or mid-result. A message half sent cannot be completed.
         let half_sent = !matches!(self.cmsg, ClientMessage::Boundary)
             || self.to_server_at < self.to_server.len();
-        if half_sent || !self.drain() {
+        if half_sent || !self.drain(end == TxEnd::ClientGone) {
             log::debug!("slot {slot}: backend left in an unknown state; closing it");
             let h = self.held.take().expect("held");
             pool::kill(ctx, h.lease);
@@ -1317,7 +1510,7 @@ impl Tx<'_> {
 
     /// Brings the held backend to idle after its client left: cancel what runs, end a COPY, Sync,
     /// read every answer owed, roll back. False when that failed.
-    fn drain(&mut self) -> bool {
+    fn drain(&mut self, cancel: bool) -> bool {
         let ctx = self.ctx;
         let Some(h) = self.held.as_ref() else {
             return false;
@@ -1330,7 +1523,8 @@ impl Tx<'_> {
             .slot(slot)
             .server()
             .min(ctx.config.servers.len() - 1)];
-        if !self.expect.is_empty() {
+        // A client that vanished does not want its query finished; one that said Terminate does.
+        if cancel && !self.expect.is_empty() {
             let _ = backend::cancel(server, ctx.region.slot(slot).backend_key());
         }
         let mut msgs = Vec::with_capacity(64);
@@ -1341,8 +1535,19 @@ impl Tx<'_> {
             msgs.extend_from_slice(text);
             self.copy_in = false;
         }
+        if self.unsynced && !self.skipping {
+            // A Sync would commit the implicit transaction's work: make it fail first, so the Sync
+            // rolls it back (Execute of a portal that cannot exist).
+            msgs.push(xtag::EXECUTE);
+            let portal = b"pgcorral: client left\0";
+            msgs.extend_from_slice(&((4 + portal.len() + 4) as u32).to_be_bytes());
+            msgs.extend_from_slice(portal);
+            msgs.extend_from_slice(&0u32.to_be_bytes());
+            self.expect.push_back(Expect::Execute);
+        }
+        self.unsynced = false;
         extended::empty_message(tag::SYNC, &mut msgs);
-        self.expect.push_back(Expect::Ready);
+        self.expect.push_back(Expect::Ready { sync: true });
         if crate::io::write_all(fd, &msgs, deadline).is_err() {
             return false;
         }
