@@ -339,7 +339,7 @@ CT=$WORK/pgcorral-tx
 mkdir -p "$CT"
 CORRAL_TX_PORT=$(free_port)
 sed -e "s/^port = $CORRAL_PORT\$/port = $CORRAL_TX_PORT/" -e "s/^pipeline = performance/pipeline = transaction/" \
-    -e "s|^unix_socket_dir = .*|unix_socket_dir = $CT|" -e "s/^max_connections = 100/max_connections = 500/" \
+    -e "s|^unix_socket_dir = .*|unix_socket_dir = $CT|" \
     "$CD/pgcorral.conf" >"$CT/pgcorral.conf"
 cp "$CD/pgcorral_hba.conf" "$CT/"
 printf 'bench bench %s\n' "$TX_POOL_SIZE" >"$CT/pgcorral_databases.conf"
@@ -545,7 +545,7 @@ done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 median() { tr ' ' '\n' | sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) printf "%.1f", v[(NR+1)/2]; else printf "%.1f", (v[NR/2]+v[NR/2+1])/2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a/b; else printf "n/a"}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a/b; else printf "n/a"}'; }
 
 # ---------------------------------------------------------------------------------------------
 # Worker memory under load

@@ -57,6 +57,9 @@ pub struct Header {
     pub(crate) waiter_high: AtomicU32,
     /// Clients sleeping without a queue entry (the queue was full): woken through `release_seq`.
     pub(crate) unqueued_sleepers: AtomicU32,
+    /// One past the highest slot ever claimed: slots are claimed lowest first, so the ones in use sit
+    /// below this and scans for a backend stop here (max_connections may be far above the pool).
+    pub(crate) slot_high: AtomicU32,
 }
 
 /// The shared region: a header, the waiter queue and the slots, in one `MAP_SHARED` mapping.
@@ -218,6 +221,12 @@ impl Region {
         (0..self.capacity).map(move |i| (i, self.slot(i)))
     }
 
+    /// The slots that have ever held a backend (every other slot is NOTINIT).
+    pub fn used_slots(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        let high = (self.header().slot_high.load(Ordering::Acquire) as usize).min(self.capacity);
+        (0..high).map(move |i| (i, self.slot(i)))
+    }
+
     pub(crate) fn waiters(&self) -> &[Waiter] {
         // SAFETY: the waiter array lies inside the mapping, aligned, zero-initialised (valid atomics).
         unsafe {
@@ -288,6 +297,9 @@ impl Region {
                 slot.set_pool_key(pool_key);
                 self.slot_data(i).clear();
                 slot.new_generation();
+                self.header()
+                    .slot_high
+                    .fetch_max(i as u32 + 1, Ordering::AcqRel);
                 return Some(i);
             }
         }
@@ -370,7 +382,13 @@ mod tests {
     fn claim_and_release() {
         let r = Region::create(2).unwrap();
         assert!(r.reserve(2, None));
+        assert_eq!(r.used_slots().count(), 0);
         let i = r.claim_empty_slot(42, None, 1).unwrap();
+        assert_eq!(
+            r.used_slots().count(),
+            1,
+            "scans cover the claimed slot only"
+        );
         let g = r.slot(i).generation();
         assert_eq!(r.slot(i).state(), SlotState::Init);
         assert_eq!(r.slot(i).owner(), 42);

@@ -191,7 +191,7 @@ impl Region {
     }
 
     fn has_free_slot(&self, key: u64) -> bool {
-        self.slots()
+        self.used_slots()
             .any(|(_, s)| s.pool_key() == key && s.state() == SlotState::Free)
     }
 

@@ -218,7 +218,7 @@ fn take_free(
     mut fds: Option<&mut FdCache>,
 ) -> Result<Option<Lease>, PoolError> {
     let region = &ctx.region;
-    for (i, slot) in region.slots() {
+    for (i, slot) in region.used_slots() {
         if slot.pool_key() != key.hash || slot.state() != SlotState::Free {
             continue;
         }
@@ -303,7 +303,7 @@ fn evict_idle(
     let global_full = region.active() >= ctx.config.main.max_connections;
     // Closing another rule's backend only helps when this client's own rule still has room.
     let rule_has_room = rule.is_none_or(|r| region.rule_count(r) < ctx.config.limits[r].max_size);
-    for (i, slot) in region.slots() {
+    for (i, slot) in region.used_slots() {
         if slot.state() != SlotState::Free {
             continue;
         }

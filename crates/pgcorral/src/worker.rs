@@ -627,7 +627,7 @@ fn forward_cancel(ctx: &Context, pid: i32, secret: i32) {
     let matches = |key: (i32, i32)| {
         key.0 == pid && pgcorral_wire::ct_eq(&key.1.to_be_bytes(), &secret.to_be_bytes())
     };
-    for (i, slot) in ctx.region.slots() {
+    for (i, slot) in ctx.region.used_slots() {
         if !matches!(slot.state(), SlotState::InUse | SlotState::Gracefully) || pid == 0 {
             continue;
         }

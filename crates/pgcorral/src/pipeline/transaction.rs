@@ -327,6 +327,8 @@ struct Tx<'a> {
     release_due: bool,
     /// Bytes of Parse messages kept for the client's named statements.
     statement_bytes: usize,
+    /// The client's startup parameters as a slot records them.
+    startup_encoded: Vec<u8>,
     /// Answers go nowhere: the client left and the backend is being drained.
     discard: bool,
     server_fatal: bool,
@@ -354,6 +356,7 @@ enum Wait {
 /// Runs the transaction pipeline for an authenticated, greeted client. `login` is the backend the
 /// login used (idle); it goes back to the pool at once.
 pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> TxEnd {
+    let startup_encoded = backend::encode_params(client.startup);
     let mut tx = Tx {
         ctx,
         c: client,
@@ -381,6 +384,7 @@ pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> 
         unsynced: false,
         release_due: false,
         statement_bytes: 0,
+        startup_encoded,
         discard: false,
         server_fatal: false,
         client_readable: true,
@@ -1379,7 +1383,7 @@ impl Tx<'_> {
                 }
             }
         } else {
-            let setup = slot_setup(ctx, lease.slot, self.c.startup);
+            let setup = slot_setup(ctx, lease.slot, self.c.startup, &self.startup_encoded);
             if !setup.is_empty() {
                 let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
                 match backend::run_setup(fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
@@ -1592,11 +1596,17 @@ impl Tx<'_> {
     }
 }
 
-/// SET statements that make a pooled backend match this client's startup parameters.
-fn slot_setup(ctx: &Context, slot: usize, startup: &StartupMessage) -> String {
-    ctx.region
-        .slot_data(slot)
-        .with_data(|record| crate::worker::setup_sql(startup, record))
+/// SET statements that make a pooled backend match this client's startup parameters (`encoded`: the
+/// same parameters as a slot records them, to skip the work when the backend was opened with exactly
+/// these, as it is for every transaction of a uniform pool).
+fn slot_setup(ctx: &Context, slot: usize, startup: &StartupMessage, encoded: &[u8]) -> String {
+    ctx.region.slot_data(slot).with_data(|record| {
+        if record.startup.get() == encoded {
+            String::new()
+        } else {
+            crate::worker::setup_sql(startup, record)
+        }
+    })
 }
 
 /// Writes what it can; Err when the peer is gone.
