@@ -416,6 +416,8 @@ impl Daemon {
                     "slot": i, "state": state.name(), "user": d.user.as_str(), "database": d.database.as_str(),
                     "application_name": d.appname.as_str(), "owner_pid": slot.owner(), "backend_pid": slot.backend_key().0,
                     "server": server, "since": slot.start_time(), "last_use": slot.last_use(),
+                    "queries": region.slot_stats(i).queries.load(std::sync::atomic::Ordering::Relaxed),
+                    "transactions": region.slot_stats(i).transactions.load(std::sync::atomic::Ordering::Relaxed),
                 }));
             }
         }
@@ -444,6 +446,9 @@ impl Daemon {
                 "clients_served": h.clients_served.load(Relaxed), "clients_waited": h.clients_waited.load(Relaxed),
                 "wait_timeouts": h.wait_timeouts.load(Relaxed), "backends_created": h.backends_created.load(Relaxed),
                 "backends_killed": h.backends_killed.load(Relaxed),
+                "wait_time_us": h.wait_time_us.load(Relaxed), "checkouts_without_wait": h.checkouts.load(Relaxed),
+                "queries": region.used_slots().map(|(i, _)| region.slot_stats(i).queries.load(Relaxed)).sum::<u64>(),
+                "transactions": region.used_slots().map(|(i, _)| region.slot_stats(i).transactions.load(Relaxed)).sum::<u64>(),
             },
         });
         if details {
