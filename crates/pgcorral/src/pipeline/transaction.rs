@@ -56,6 +56,16 @@ enum Expect {
     Parse {
         swallow: bool,
         id: Option<StatementId>,
+        /// The client's name for a Parse the client sent: if it fails (or is skipped) the client's
+        /// statement does not exist, as with PostgreSQL.
+        client: Option<Vec<u8>>,
+    },
+    /// pgcorral's own ParseComplete for a client's Parse of a statement the backend already has (or
+    /// that will be prepared on first use): like `Fake`, and if it is skipped the client's statement
+    /// does not exist.
+    FakeParse {
+        client: Vec<u8>,
+        id: StatementId,
     },
     Bind,
     /// RowDescription or NoData (after a ParameterDescription for a statement).
@@ -672,7 +682,10 @@ impl Tx<'_> {
                 tag::SYNC | xtag::FLUSH
                     if self.held.is_none()
                         && len == 4
-                        && self.expect.iter().all(|e| matches!(e, Expect::Fake(_))) =>
+                        && self
+                            .expect
+                            .iter()
+                            .all(|e| matches!(e, Expect::Fake(_) | Expect::FakeParse { .. })) =>
                 {
                     self.cin_start += 5;
                     if t == tag::SYNC {
@@ -696,6 +709,7 @@ impl Tx<'_> {
                         self.expect.push_back(Expect::Parse {
                             swallow: false,
                             id: None,
+                            client: None,
                         });
                         self.start_stream(len, true);
                         continue;
@@ -901,6 +915,7 @@ impl Tx<'_> {
             self.expect.push_back(Expect::Parse {
                 swallow: false,
                 id: None,
+                client: None,
             });
             return Ok(Flow::Go);
         }
@@ -922,10 +937,13 @@ impl Tx<'_> {
             return Ok(Flow::End(TxEnd::ProtocolError));
         }
         if self.held.is_none() || self.backend_has(&id) {
-            self.expect.push_back(Expect::Fake(xtag::PARSE_COMPLETE));
+            self.expect.push_back(Expect::FakeParse {
+                client: view.name.to_vec(),
+                id,
+            });
             self.drain_fakes();
         } else {
-            self.inject_parse(&id, &parse, false);
+            self.inject_parse(&id, &parse, false, Some(view.name.to_vec()));
         }
         self.statements
             .insert(view.name.to_vec(), ClientStatement { id, dirty, parse });
@@ -1016,7 +1034,7 @@ impl Tx<'_> {
         }
         if !self.backend_has(&id) {
             let parse = stmt.parse.clone();
-            self.inject_parse(&id, &parse, true);
+            self.inject_parse(&id, &parse, true, None);
         }
         Some(statement_name(&id))
     }
@@ -1033,7 +1051,13 @@ impl Tx<'_> {
 
     /// Prepares statement `id` on the held backend (closing the least recently used one first when
     /// the backend's set is full). `swallow`: the client did not ask for this Parse.
-    fn inject_parse(&mut self, id: &StatementId, parse: &[u8], swallow: bool) {
+    fn inject_parse(
+        &mut self,
+        id: &StatementId,
+        parse: &[u8],
+        swallow: bool,
+        client: Option<Vec<u8>>,
+    ) {
         let Some(h) = self.held.as_ref() else {
             return;
         };
@@ -1057,6 +1081,7 @@ impl Tx<'_> {
         self.expect.push_back(Expect::Parse {
             swallow,
             id: Some(*id),
+            client,
         });
     }
 
@@ -1261,6 +1286,22 @@ impl Tx<'_> {
 
     /// A request the server skipped or refused: a statement its Parse did not create is forgotten.
     fn forget_failed(&mut self, e: &Expect) {
+        let failed_client_parse = match e {
+            Expect::Parse {
+                client: Some(name),
+                id: Some(id),
+                ..
+            }
+            | Expect::FakeParse { client: name, id } => Some((name, id)),
+            _ => None,
+        };
+        if let Some((name, id)) = failed_client_parse {
+            if self.statements.get(name).is_some_and(|s| &s.id == id) {
+                if let Some(gone) = self.statements.remove(name) {
+                    self.statement_bytes -= gone.parse.len();
+                }
+            }
+        }
         let Some(h) = self.held.as_mut() else {
             return;
         };
@@ -1286,16 +1327,22 @@ impl Tx<'_> {
         if !self.sr.at_boundary() {
             return;
         }
-        while let Some(Expect::Fake(_) | Expect::CopyEnd) = self.expect.front() {
-            let Some(Expect::Fake(t)) = self.expect.front() else {
-                self.expect.pop_front();
-                continue;
+        while let Some(Expect::Fake(_) | Expect::FakeParse { .. } | Expect::CopyEnd) =
+            self.expect.front()
+        {
+            let t = match self.expect.front() {
+                Some(Expect::Fake(t)) => *t,
+                Some(Expect::FakeParse { .. }) => xtag::PARSE_COMPLETE,
+                _ => {
+                    self.expect.pop_front();
+                    continue;
+                }
             };
             if !self.discard {
-                if *t == tag::READY_FOR_QUERY {
+                if t == tag::READY_FOR_QUERY {
                     pgcorral_wire::messages::ready_for_query(&mut self.to_client, b'I');
                 } else {
-                    extended::empty_message(*t, &mut self.to_client);
+                    extended::empty_message(t, &mut self.to_client);
                 }
             }
             self.expect.pop_front();
