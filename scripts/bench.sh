@@ -674,7 +674,10 @@ report() {
         echo
         for sc in "${SCENARIOS[@]}"; do
             case "$sc" in
-            tx-*) echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral-tx]// /, } | ${TPS[$sc/pgbouncer-tx]:-n/a}" ;;
+            tx-*)
+                b=${TPS[$sc/pgbouncer-tx]:-n/a}
+                echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral-tx]// /, } | ${b// /, }"
+                ;;
             *) echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral]// /, } | ${TPS[$sc/pgbouncer]// /, }" ;;
             esac
         done
@@ -685,7 +688,7 @@ report() {
     echo
     echo "Versions: $PG_VERSION; $PGBENCH_VERSION; $BOUNCER_VERSION; $CORRAL_VERSION, git $GIT_REV."
     echo
-    echo "Parameters: pgbench -n -S -j $JOBS -T $DURATION, -M simple / -M extended at CLIENTS=\"$CLIENTS\"," \
+    echo "Parameters: pgbench -n -j $JOBS -T $DURATION; session pooling: -S -M simple / -M extended at CLIENTS=\"$CLIENTS\"," \
         "-C -M simple at CONNECT_CLIENTS=\"$CONNECT_CLIENTS\"; scale $SCALE; TCP to 127.0.0.1;" \
         "order per scenario direct, pgcorral, pgbouncer; $ROUNDS round(s)." \
         "Transaction pooling: pgcorral pipeline=transaction and PgBouncer pool_mode=transaction, $TX_POOL_SIZE server connections each, TX_CLIENTS=\"$TX_CLIENTS\", TX_PREPARED_CLIENTS=\"$TX_PREPARED_CLIENTS\"." \
