@@ -1313,7 +1313,8 @@ impl Tx<'_> {
                 victim: Some(v),
             } => {
                 // The eviction did not happen: the backend still has the statement.
-                if !set.with(h.lease.generation, |s| s.insert(*v)) {
+                let restored = set.with(h.lease.generation, |s| s.insert(*v));
+                if !restored {
                     h.lost_statements = true;
                     h.dirty.set(Dirty::SQL_PREPARE);
                 }
