@@ -243,43 +243,56 @@ fn take_free(
             continue;
         }
         slot.set_owner(me);
-        slot.set_last_use(now_secs());
-        if let Some(fd) = kept {
-            return Ok(Some(Lease {
-                slot: i,
-                generation,
-                fresh: false,
-                fd: Some(fd),
-            }));
-        }
-        let fd = match ctx.inherited_fd(i, generation) {
-            // SAFETY (borrow_raw): the fd was open in main at fork, so it is open here under the same
-            // number, and this process never closes that number.
-            // A copy of the inherited fd: the inherited number stays open, so a second checkout of the
-            // same slot in this process (auth_query, then the client) still finds it valid.
-            Some(raw) => match unsafe { BorrowedFd::borrow_raw(raw) }.try_clone_to_owned() {
-                Ok(fd) => fd,
-                Err(e) => {
-                    log::warn!("slot {i}: cannot duplicate the inherited socket: {e}");
-                    slot.transition(SlotState::InUse, SlotState::Free);
-                    region.notify_release_for(Some(key.hash));
-                    continue;
-                }
-            },
-            None => {
-                match MainLink::connect(&ctx.management_path).and_then(|l| l.get(i, generation)) {
+        let now = now_secs();
+        let idle_for = now - slot.last_use();
+        slot.set_last_use(now);
+        let fd = match kept {
+            Some(fd) => fd,
+            None => match ctx.inherited_fd(i, generation) {
+                // SAFETY (borrow_raw): the fd was open in main at fork, so it is open here under the same
+                // number, and this process never closes that number.
+                // A copy of the inherited fd: the inherited number stays open, so a second checkout of the
+                // same slot in this process (auth_query, then the client) still finds it valid.
+                Some(raw) => match unsafe { BorrowedFd::borrow_raw(raw) }.try_clone_to_owned() {
                     Ok(fd) => fd,
                     Err(e) => {
-                        // Main lacks the socket: the backend cannot be used; close the slot.
-                        log::warn!("slot {i}: {e}; closing it");
-                        let _ = MainLink::connect(&ctx.management_path)
-                            .and_then(|l| l.kill(i, generation));
-                        region.release_slot(i, SlotState::InUse);
+                        log::warn!("slot {i}: cannot duplicate the inherited socket: {e}");
+                        slot.transition(SlotState::InUse, SlotState::Free);
+                        region.notify_release_for(Some(key.hash));
                         continue;
                     }
+                },
+                None => {
+                    match MainLink::connect(&ctx.management_path).and_then(|l| l.get(i, generation))
+                    {
+                        Ok(fd) => fd,
+                        Err(e) => {
+                            // Main lacks the socket: the backend cannot be used; close the slot.
+                            log::warn!("slot {i}: {e}; closing it");
+                            let _ = MainLink::connect(&ctx.management_path)
+                                .and_then(|l| l.kill(i, generation));
+                            region.release_slot(i, SlotState::InUse);
+                            continue;
+                        }
+                    }
                 }
-            }
+            },
         };
+        // A backend idle for a while may have been terminated (pg_terminate_backend,
+        // idle_session_timeout, a server restart) since main last looked: a client must not get it.
+        if idle_for >= 1 && !idle_backend_alive(&fd) {
+            log::info!("slot {i}: the pooled backend is gone; closing it");
+            kill(
+                ctx,
+                Lease {
+                    slot: i,
+                    generation,
+                    fresh: false,
+                    fd: Some(fd),
+                },
+            );
+            continue;
+        }
         return Ok(Some(Lease {
             slot: i,
             generation,
@@ -288,6 +301,20 @@ fn take_free(
         }));
     }
     Ok(None)
+}
+
+/// Whether an idle backend's socket is still a usable connection: open, and with nothing unread (an
+/// idle backend only speaks to say it is going away, such as FATAL 57P01).
+fn idle_backend_alive(fd: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        nix::sys::socket::recv(
+            fd.as_raw_fd(),
+            &mut byte,
+            nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// Closes one idle backend that holds room this client needs: when the global limit is reached any FREE
@@ -438,4 +465,27 @@ fn kill_in_state(ctx: &Context, lease: Lease, state: SlotState) {
     }
     drop(lease.fd);
     ctx.region.release_slot(lease.slot, state);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn idle_backend_alive_sees_closed_and_chatty_peers() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(ours);
+        assert!(idle_backend_alive(&fd), "a quiet open peer is alive");
+        theirs.write_all(b"E").unwrap();
+        assert!(
+            !idle_backend_alive(&fd),
+            "an idle backend that speaks is going away (FATAL 57P01)"
+        );
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(ours);
+        drop(theirs);
+        assert!(!idle_backend_alive(&fd), "a closed peer is gone");
+    }
 }
