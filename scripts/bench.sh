@@ -230,8 +230,8 @@ cleanup() {
             rm -rf "$WORK"
         else
             say "logs kept in $WORK:"
-            say "  PostgreSQL: $WORK/postgres.log   pgcorral: $WORK/pgcorral.log"
-            say "  PgBouncer:  $WORK/pgbouncer/pgbouncer.log   pgbench: $WORK/runs/*.log"
+            say "  PostgreSQL: $WORK/postgres.log   pgcorral: $WORK/pgcorral*/pgcorral.log"
+            say "  PgBouncer:  $WORK/pgbouncer*/pgbouncer.log   pgbench: $WORK/runs/*.log"
         fi
     fi
     [ "$rc" -ne 0 ] && say "FAILED (exit $rc)"
@@ -324,15 +324,21 @@ port = $PG_PORT
 EOF
 printf 'host all all all all\nlocal all all all\n' >"$CD/pgcorral_hba.conf"
 printf 'bench bench %s\n' "$POOL_SIZE" >"$CD/pgcorral_databases.conf"
-say "pgcorral on 127.0.0.1:$CORRAL_PORT"
-# A simple command started with & is exec'd by the child, so $! is pgcorral's own PID.
-"$BIN" -c "$CD/pgcorral.conf" -a "$CD/pgcorral_hba.conf" -l "$CD/pgcorral_databases.conf" \
-    </dev/null >"$WORK/pgcorral.log" 2>&1 &
-PGCORRAL_PID=$!
-wait_port "$CORRAL_PORT" "$PGCORRAL_PID" || {
-    tail -n 20 "$WORK/pgcorral.log" >&2
-    die "pgcorral did not come up on port $CORRAL_PORT: see $WORK/pgcorral.log"
+# Starts pgcorral ($1: label) with the files in directory $2 on port $3; its PID in STARTED_PID.
+start_pgcorral() {
+    local label=$1 dir=$2 port=$3
+    say "$label on 127.0.0.1:$port"
+    # A simple command started with & is exec'd by the child, so $! is pgcorral's own PID.
+    "$BIN" -c "$dir/pgcorral.conf" -a "$dir/pgcorral_hba.conf" -l "$dir/pgcorral_databases.conf" \
+        </dev/null >"$dir/pgcorral.log" 2>&1 &
+    STARTED_PID=$!
+    wait_port "$port" "$STARTED_PID" || {
+        tail -n 20 "$dir/pgcorral.log" >&2
+        die "$label did not come up on port $port: see $dir/pgcorral.log"
+    }
 }
+start_pgcorral pgcorral "$CD" "$CORRAL_PORT"
+PGCORRAL_PID=$STARTED_PID
 
 # The same in transaction mode, pool of $TX_POOL_SIZE.
 CT=$WORK/pgcorral-tx
@@ -343,18 +349,27 @@ sed -e "s/^port = $CORRAL_PORT\$/port = $CORRAL_TX_PORT/" -e "s/^pipeline = perf
     "$CD/pgcorral.conf" >"$CT/pgcorral.conf"
 cp "$CD/pgcorral_hba.conf" "$CT/"
 printf 'bench bench %s\n' "$TX_POOL_SIZE" >"$CT/pgcorral_databases.conf"
-say "pgcorral (transaction) on 127.0.0.1:$CORRAL_TX_PORT"
-"$BIN" -c "$CT/pgcorral.conf" -a "$CT/pgcorral_hba.conf" -l "$CT/pgcorral_databases.conf" \
-    </dev/null >"$WORK/pgcorral-tx.log" 2>&1 &
-PGCORRAL_TX_PID=$!
-wait_port "$CORRAL_TX_PORT" "$PGCORRAL_TX_PID" || {
-    tail -n 20 "$WORK/pgcorral-tx.log" >&2
-    die "pgcorral (transaction) did not come up on port $CORRAL_TX_PORT: see $WORK/pgcorral-tx.log"
-}
+start_pgcorral "pgcorral (transaction)" "$CT" "$CORRAL_TX_PORT"
+PGCORRAL_TX_PID=$STARTED_PID
 
 # ---------------------------------------------------------------------------------------------
 # PgBouncer (refuses root: runs as postgres)
 # ---------------------------------------------------------------------------------------------
+# Starts PgBouncer ($1: label) with $2/pgbouncer.ini on port $3; its PID in STARTED_PID.
+start_pgbouncer() {
+    local label=$1 dir=$2 port=$3
+    [ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$dir"
+    say "$label on 127.0.0.1:$port"
+    as_pg pgbouncer -d "$dir/pgbouncer.ini" >"$dir/start.log" 2>&1 ||
+        die "$label: pgbouncer -d failed: see $dir/start.log and $dir/pgbouncer.log"
+    for _ in $(seq 1 100); do
+        [ -s "$dir/pgbouncer.pid" ] && break
+        sleep 0.1
+    done
+    [ -s "$dir/pgbouncer.pid" ] || die "$label wrote no pidfile: see $dir/pgbouncer.log"
+    STARTED_PID=$(cat "$dir/pgbouncer.pid")
+    wait_port "$port" "$STARTED_PID" || die "$label did not come up on port $port: see $dir/pgbouncer.log"
+}
 BD=$WORK/pgbouncer
 printf '"bench" ""\n' >"$BD/userlist.txt"
 cat >"$BD/pgbouncer.ini" <<EOF
@@ -375,17 +390,8 @@ pidfile = $BD/pgbouncer.pid
 log_connections = 0
 log_disconnections = 0
 EOF
-[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$BD"
-say "PgBouncer on 127.0.0.1:$BOUNCER_PORT"
-as_pg pgbouncer -d "$BD/pgbouncer.ini" >"$BD/start.log" 2>&1 ||
-    die "pgbouncer -d failed: see $BD/start.log and $BD/pgbouncer.log"
-for _ in $(seq 1 100); do
-    [ -s "$BD/pgbouncer.pid" ] && break
-    sleep 0.1
-done
-[ -s "$BD/pgbouncer.pid" ] || die "PgBouncer wrote no pidfile: see $BD/pgbouncer.log"
-PGBOUNCER_PID=$(cat "$BD/pgbouncer.pid")
-wait_port "$BOUNCER_PORT" "$PGBOUNCER_PID" || die "PgBouncer did not come up on port $BOUNCER_PORT: see $BD/pgbouncer.log"
+start_pgbouncer PgBouncer "$BD" "$BOUNCER_PORT"
+PGBOUNCER_PID=$STARTED_PID
 
 BT=$WORK/pgbouncer-tx
 mkdir -p "$BT"
@@ -394,17 +400,8 @@ cp "$BD/userlist.txt" "$BT/"
 sed -e "s/^listen_port = .*/listen_port = $BOUNCER_TX_PORT/" -e "s/^pool_mode = session/pool_mode = transaction/" \
     -e "s/^default_pool_size = .*/default_pool_size = $TX_POOL_SIZE/" -e "s|$BD|$BT|g" \
     "$BD/pgbouncer.ini" >"$BT/pgbouncer.ini"
-[ "$(id -u)" -eq 0 ] && chown -R postgres:postgres "$BT"
-say "PgBouncer (transaction) on 127.0.0.1:$BOUNCER_TX_PORT"
-as_pg pgbouncer -d "$BT/pgbouncer.ini" >"$BT/start.log" 2>&1 ||
-    die "pgbouncer -d (transaction) failed: see $BT/start.log and $BT/pgbouncer.log"
-for _ in $(seq 1 100); do
-    [ -s "$BT/pgbouncer.pid" ] && break
-    sleep 0.1
-done
-[ -s "$BT/pgbouncer.pid" ] || die "PgBouncer (transaction) wrote no pidfile: see $BT/pgbouncer.log"
-PGBOUNCER_TX_PID=$(cat "$BT/pgbouncer.pid")
-wait_port "$BOUNCER_TX_PORT" "$PGBOUNCER_TX_PID" || die "PgBouncer (transaction) did not come up: see $BT/pgbouncer.log"
+start_pgbouncer "PgBouncer (transaction)" "$BT" "$BOUNCER_TX_PORT"
+PGBOUNCER_TX_PID=$STARTED_PID
 
 declare -A PORT_OF=([direct]=$PG_PORT [pgcorral]=$CORRAL_PORT [pgbouncer]=$BOUNCER_PORT
     [pgcorral-tx]=$CORRAL_TX_PORT [pgbouncer-tx]=$BOUNCER_TX_PORT)

@@ -34,20 +34,6 @@ fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// "number of transactions actually processed: N" (optionally "N/M").
-fn processed(text: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("number of transactions actually processed:"))
-        .unwrap_or_else(|| panic!("no 'transactions actually processed' line in:\n{text}"));
-    let v = line.split(':').nth(1).unwrap().trim();
-    v.split('/')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("cannot parse {line:?}"))
-}
 
 fn check_pgbench(pipeline: &'static str) {
     let mut o = opts(pipeline, &["pgcorral_test bench_user 30"]);
@@ -77,7 +63,7 @@ fn check_pgbench(pipeline: &'static str) {
         "aborted clients ({pipeline}):\n{text}"
     );
     assert!(
-        processed(&text) > 0,
+        pgbench_processed(&text) > 0,
         "no transaction processed ({pipeline}):\n{text}"
     );
     let backends = s.cluster.backend_count(BENCH_USER.user);
@@ -97,7 +83,7 @@ fn check_pgbench(pipeline: &'static str) {
         "failed transactions with -C ({pipeline}):\n{text}"
     );
     assert!(
-        processed(&text) > 0,
+        pgbench_processed(&text) > 0,
         "no transaction processed with -C ({pipeline}):\n{text}"
     );
     assert_pool_works(&s.pooler);

@@ -96,20 +96,6 @@ UPDATE tx_bench SET n = n + 1 WHERE id = :a;\n\
 SELECT n FROM tx_bench WHERE id = :a;\n\
 END;\n";
 
-/// "number of transactions actually processed: N" (optionally "N/M").
-fn processed(text: &str) -> u64 {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("number of transactions actually processed:"))
-        .unwrap_or_else(|| panic!("no 'transactions actually processed' line in:\n{text}"));
-    let v = line.split(':').nth(1).unwrap().trim();
-    v.split('/')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("cannot parse {line:?}"))
-}
 
 /// pgbench with 8 clients (connected for the whole run) on a pool of 3, `-M <mode>`,
 /// 1,250 script runs each: 10,000 in all, none failed, no client aborted, no prepared-statement
@@ -187,7 +173,7 @@ fn check_pgbench(mode: &str) {
             "pgbench -M {mode}: {bad:?} in its stderr:\n{err}"
         );
     }
-    assert_eq!(processed(&text), 10_000, "pgbench -M {mode}:\n{text}");
+    assert_eq!(pgbench_processed(&text), 10_000, "pgbench -M {mode}:\n{text}");
     let sum = s.cluster.psql_db(TEST_DB, "SELECT sum(n) FROM tx_bench");
     assert_eq!(sum, "10000", "pgbench -M {mode}: UPDATEs counted");
     let n = s.cluster.backend_count(BENCH_USER.user);

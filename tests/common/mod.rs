@@ -312,3 +312,18 @@ pub fn run_within<T: Send + 'static>(
         Err(payload) => std::panic::resume_unwind(payload),
     }
 }
+
+/// "number of transactions actually processed: N" (optionally "N/M").
+pub fn pgbench_processed(text: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("number of transactions actually processed:"))
+        .unwrap_or_else(|| panic!("no 'transactions actually processed' line in:\n{text}"));
+    let v = line.split(':').nth(1).unwrap().trim();
+    v.split('/')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("cannot parse {line:?}"))
+}
