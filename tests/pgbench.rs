@@ -34,7 +34,6 @@ fn pgbench(port: u16, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-
 fn check_pgbench(pipeline: &'static str) {
     let mut o = opts(pipeline, &["pgcorral_test bench_user 30"]);
     o.max_connections = 40;

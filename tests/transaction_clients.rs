@@ -96,7 +96,6 @@ UPDATE tx_bench SET n = n + 1 WHERE id = :a;\n\
 SELECT n FROM tx_bench WHERE id = :a;\n\
 END;\n";
 
-
 /// pgbench with 8 clients (connected for the whole run) on a pool of 3, `-M <mode>`,
 /// 1,250 script runs each: 10,000 in all, none failed, no client aborted, no prepared-statement
 /// error (42P05 "already exists", 26000 "does not exist") in the output, and every UPDATE
@@ -173,7 +172,11 @@ fn check_pgbench(mode: &str) {
             "pgbench -M {mode}: {bad:?} in its stderr:\n{err}"
         );
     }
-    assert_eq!(pgbench_processed(&text), 10_000, "pgbench -M {mode}:\n{text}");
+    assert_eq!(
+        pgbench_processed(&text),
+        10_000,
+        "pgbench -M {mode}:\n{text}"
+    );
     let sum = s.cluster.psql_db(TEST_DB, "SELECT sum(n) FROM tx_bench");
     assert_eq!(sum, "10000", "pgbench -M {mode}: UPDATEs counted");
     let n = s.cluster.backend_count(BENCH_USER.user);
