@@ -355,6 +355,20 @@ enum Flow {
     End(TxEnd),
 }
 
+/// What became of a Bind.
+enum BindOutcome {
+    End(TxEnd),
+    /// The names are not all in the buffer yet.
+    Incomplete,
+    /// The renamed header was written; the rest of the body (after the client's `names_len` bytes of
+    /// names) follows as it is.
+    Renamed {
+        names_len: usize,
+    },
+    /// Relay the whole message as it is.
+    AsIs,
+}
+
 /// Whether a checkout may wait for a backend.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Wait {
@@ -725,52 +739,45 @@ impl Tx<'_> {
                         self.make_room(len + 1);
                         break;
                     }
-                    let msg: Vec<u8> = self.cin[at..at + 1 + len].to_vec();
                     self.cin_start += 1 + len;
+                    // The handlers need `self` and the message, which lives in `self.cin`: lend the
+                    // buffer out for the call instead of copying the message (nothing they call
+                    // touches `cin`).
+                    let cin = std::mem::take(&mut self.cin);
+                    let msg = &cin[at..at + 1 + len];
                     let flow = match t {
-                        xtag::PARSE => self.on_parse(&msg)?,
-                        xtag::DESCRIBE => self.on_describe(&msg)?,
-                        _ => self.on_close(&msg)?,
+                        xtag::PARSE => self.on_parse(msg),
+                        xtag::DESCRIBE => self.on_describe(msg),
+                        _ => self.on_close(msg),
                     };
-                    if let Flow::End(e) = flow {
+                    self.cin = cin;
+                    if let Flow::End(e) = flow? {
                         return Ok(Flow::End(e));
                     }
                 }
                 xtag::BIND => {
                     let body_len = len - 4;
                     let have = (avail - 5).min(body_len);
-                    let head = BindHead::decode(&self.cin[at + 5..at + 5 + have]);
-                    let Some(head) = head else {
-                        if have == body_len || have >= 4096 {
-                            self.client_error("08P01", "invalid Bind message");
-                            return Ok(Flow::End(TxEnd::ProtocolError));
+                    // Lend the buffer out while the names in it are used (see Parse above).
+                    let cin = std::mem::take(&mut self.cin);
+                    let outcome = match BindHead::decode(&cin[at + 5..at + 5 + have]) {
+                        Some(head) => self.on_bind(&head, body_len),
+                        None => Ok(BindOutcome::Incomplete),
+                    };
+                    self.cin = cin;
+                    match outcome? {
+                        BindOutcome::Incomplete => {
+                            if have == body_len || have >= 4096 {
+                                self.client_error("08P01", "invalid Bind message");
+                                return Ok(Flow::End(TxEnd::ProtocolError));
+                            }
+                            self.make_room(5 + 4096.min(body_len));
+                            break;
                         }
-                        self.make_room(5 + 4096.min(body_len));
-                        break;
-                    };
-                    let statement = head.statement.to_vec();
-                    let portal = head.portal.to_vec();
-                    if let Flow::End(e) = self.ensure_backend(Wait::Yes)? {
-                        return Ok(Flow::End(e));
-                    }
-                    self.unsynced = true;
-                    self.release_due = false;
-                    let renamed = if self.skipping {
-                        None
-                    } else {
-                        self.prepare_for_use(&statement)
-                    };
-                    match renamed {
-                        Some(name) => {
-                            let head = BindHead {
-                                portal: &portal,
-                                statement: &statement,
-                                names_len: portal.len() + statement.len() + 2,
-                            };
-                            head.encode_renamed(&name, body_len, &mut self.to_server);
-                            self.cin_start += 5 + head.names_len;
-                            self.expect.push_back(Expect::Bind);
-                            let rest = body_len - head.names_len;
+                        BindOutcome::End(e) => return Ok(Flow::End(e)),
+                        BindOutcome::Renamed { names_len } => {
+                            self.cin_start += 5 + names_len;
+                            let rest = body_len - names_len;
                             if rest > 0 {
                                 self.cmsg = ClientMessage::Streaming {
                                     left: rest,
@@ -778,10 +785,7 @@ impl Tx<'_> {
                                 };
                             }
                         }
-                        None => {
-                            self.expect.push_back(Expect::Bind);
-                            self.start_stream(len, false);
-                        }
+                        BindOutcome::AsIs => self.start_stream(len, false),
                     }
                 }
                 _ => {
@@ -874,6 +878,32 @@ impl Tx<'_> {
         }
         self.release_due = false;
         Ok(Flow::Go)
+    }
+
+    /// A Bind's names are in `head`; writes the renamed header when the statement is one of the
+    /// client's (the caller relays the rest of the message).
+    fn on_bind(&mut self, head: &BindHead<'_>, body_len: usize) -> io::Result<BindOutcome> {
+        if let Flow::End(e) = self.ensure_backend(Wait::Yes)? {
+            return Ok(BindOutcome::End(e));
+        }
+        self.unsynced = true;
+        self.release_due = false;
+        // A Parse injected for the statement goes (and is answered) before the Bind.
+        let renamed = if self.skipping {
+            None
+        } else {
+            self.prepare_for_use(head.statement)
+        };
+        self.expect.push_back(Expect::Bind);
+        Ok(match renamed {
+            Some(name) => {
+                head.encode_renamed(&name, body_len, &mut self.to_server);
+                BindOutcome::Renamed {
+                    names_len: head.names_len,
+                }
+            }
+            None => BindOutcome::AsIs,
+        })
     }
 
     fn on_parse(&mut self, msg: &[u8]) -> io::Result<Flow> {
