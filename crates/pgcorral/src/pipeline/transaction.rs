@@ -1568,8 +1568,8 @@ impl Tx<'_> {
             // What the client sent before its Terminate still goes to the server, as it would
             // without a pooler.
             let fd = self.held_fd();
-            let pending = self.to_server.split_off(self.to_server_at);
-            if crate::io::write_all(fd, &pending, Instant::now() + backend::RESET_TIMEOUT).is_ok() {
+            let deadline = Instant::now() + backend::RESET_TIMEOUT;
+            if crate::io::write_all(fd, &self.to_server[self.to_server_at..], deadline).is_ok() {
                 self.to_server.clear();
                 self.to_server_at = 0;
             }
