@@ -47,9 +47,11 @@ const HIGH_WATER: usize = 256 << 10;
 enum Expect {
     /// Query, FunctionCall (`sync` false) or Sync (`sync` true): everything up to ReadyForQuery.
     /// After an error in an extended-query batch PostgreSQL skips every message but Sync, so only a
-    /// Sync's entry ends the skip.
+    /// Sync's entry ends the skip. `ext`: the count of extended-query messages sent before it (a
+    /// Query's ReadyForQuery ends the implicit transaction those opened only if none came after).
     Ready {
         sync: bool,
+        ext: u32,
     },
     /// ParseComplete. `swallow`: pgcorral injected the Parse, the client must not see the answer.
     /// `id`: the statement recorded in the backend's set (forgotten if the Parse fails).
@@ -66,6 +68,12 @@ enum Expect {
     FakeParse {
         client: Vec<u8>,
         id: StatementId,
+    },
+    /// pgcorral's own CloseComplete for a client's Close of its statement; if it is skipped the
+    /// statement still exists.
+    FakeClose {
+        client: Vec<u8>,
+        statement: ClientStatement,
     },
     Bind,
     /// RowDescription or NoData (after a ParameterDescription for a statement).
@@ -210,6 +218,7 @@ fn note_command_tag(tag_text: &[u8], dirty: &mut Dirty, lost_statements: &mut bo
 }
 
 /// A client's named statement.
+#[derive(Debug)]
 struct ClientStatement {
     id: StatementId,
     /// Session state its text suggests (an advisory lock taken by a statement prepared in an earlier
@@ -285,6 +294,8 @@ enum ClientMessage {
     Boundary,
     /// Relaying the rest of a message's body (`scan`: look for keywords in it).
     Streaming { left: usize, scan: bool },
+    /// Dropping the rest of a message nobody will read (COPY data after the COPY ended).
+    Discarding { left: usize },
 }
 
 /// Everything the pipeline needs to know about its client.
@@ -332,9 +343,13 @@ struct Tx<'a> {
     /// Extended-query messages went to the server since the last Sync: an implicit transaction may
     /// hold uncommitted work that a Sync would commit.
     unsynced: bool,
+    /// Extended-query messages (Parse, Bind, Describe, Execute, Close) sent so far.
+    ext_seq: u32,
     /// The transaction ended (ReadyForQuery `I`, nothing owed) while the backend could not be given
     /// back yet (a client message was half relayed): give it back as soon as it can be.
     release_due: bool,
+    /// The server message being handled is followed by more bytes of the same read.
+    more_in_read: bool,
     /// Bytes of Parse messages kept for the client's named statements.
     statement_bytes: usize,
     /// The client's startup parameters as a slot records them.
@@ -406,7 +421,9 @@ pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> 
         copy_in: false,
         skipping: false,
         unsynced: false,
+        ext_seq: 0,
         release_due: false,
+        more_in_read: false,
         statement_bytes: 0,
         startup_encoded,
         discard: false,
@@ -470,6 +487,10 @@ impl Tx<'_> {
                         }
                         consumed = (self.cin_start, self.to_server.len()) != before;
                         progress |= consumed;
+                        if self.to_server.len() > before.1 {
+                            // A new request went out: the backend stays with this client.
+                            self.release_due = false;
+                        }
                     }
                     // Read when everything read so far is handled, or when what is left is a piece
                     // of a message that needs more bytes (read_client makes room for them).
@@ -481,7 +502,12 @@ impl Tx<'_> {
                         }
                     }
                 }
-                if self.release_due && self.expect.is_empty() && self.can_release() {
+                if self.release_due
+                    && self.expect.is_empty()
+                    && self.status == b'I'
+                    && !self.unsynced
+                    && self.can_release()
+                {
                     self.release_due = false;
                     self.release(true);
                 }
@@ -526,8 +552,18 @@ impl Tx<'_> {
         // SAFETY: both fds are open for the duration of the call (the client socket for the whole
         // relay, the backend's while it is held).
         let client = unsafe { BorrowedFd::borrow_raw(self.c.fd) };
-        let mut client_events = PollFlags::POLLIN;
-        if self.to_client_at < self.to_client.len() && !self.client_writable {
+        // poll(2) is level-triggered: ask to read a side only while the relay would read it, or a
+        // side with unread bytes (a slow peer on the other end) would spin this loop.
+        let to_server_pending = self.to_server.len() - self.to_server_at;
+        let to_client_pending = self.to_client.len() - self.to_client_at;
+        let mut client_events = PollFlags::empty();
+        if to_server_pending < HIGH_WATER
+            && to_client_pending < HIGH_WATER
+            && (self.cin_end < self.cin.len() || self.cin_start > 0)
+        {
+            client_events |= PollFlags::POLLIN;
+        }
+        if to_client_pending > 0 && !self.client_writable {
             client_events |= PollFlags::POLLOUT;
         }
         let mut fds = [
@@ -537,8 +573,11 @@ impl Tx<'_> {
         let n = if let Some(h) = self.held.as_ref() {
             // SAFETY: see above.
             let server = unsafe { BorrowedFd::borrow_raw(h.fd) };
-            let mut server_events = PollFlags::POLLIN;
-            if self.to_server_at < self.to_server.len() && !self.server_writable {
+            let mut server_events = PollFlags::empty();
+            if to_client_pending < HIGH_WATER {
+                server_events |= PollFlags::POLLIN;
+            }
+            if to_server_pending > 0 && !self.server_writable {
                 server_events |= PollFlags::POLLOUT;
             }
             fds[1] = PollFd::new(server, server_events);
@@ -646,6 +685,16 @@ impl Tx<'_> {
             && self.to_server.len() - self.to_server_at < HIGH_WATER
             && self.to_client.len() - self.to_client_at < HIGH_WATER
         {
+            if let ClientMessage::Discarding { left } = self.cmsg {
+                let n = left.min(self.cin_end - self.cin_start);
+                self.cin_start += n;
+                self.cmsg = if left == n {
+                    ClientMessage::Boundary
+                } else {
+                    ClientMessage::Discarding { left: left - n }
+                };
+                continue;
+            }
             if let ClientMessage::Streaming { left, scan } = self.cmsg {
                 let n = left.min(self.cin_end - self.cin_start);
                 let chunk = &self.cin[self.cin_start..self.cin_start + n];
@@ -685,6 +734,17 @@ impl Tx<'_> {
             let whole = avail > len; // tag + len bytes available
             match t {
                 tag::TERMINATE => return Ok(Flow::End(TxEnd::ClientTerminated)),
+                // COPY data with no COPY running (the server ended it with an error, and the client
+                // goes on sending until it reads that): PostgreSQL drops it; so does pgcorral,
+                // without taking a backend or expecting anything.
+                b'd' | xtag::COPY_DONE | tag::COPY_FAIL
+                    if !self.copy_in && (self.held.is_none() || self.expect.is_empty()) =>
+                {
+                    self.cin_start += 5;
+                    if len > 4 {
+                        self.cmsg = ClientMessage::Discarding { left: len - 4 };
+                    }
+                }
                 // PostgreSQL ignores Sync and Flush during COPY IN, except when it has just left COPY
                 // (an error in the data) and would answer a Sync pgcorral did not count: never
                 // forward them.
@@ -696,10 +756,14 @@ impl Tx<'_> {
                 tag::SYNC | xtag::FLUSH
                     if self.held.is_none()
                         && len == 4
-                        && self
-                            .expect
-                            .iter()
-                            .all(|e| matches!(e, Expect::Fake(_) | Expect::FakeParse { .. })) =>
+                        && self.expect.iter().all(|e| {
+                            matches!(
+                                e,
+                                Expect::Fake(_)
+                                    | Expect::FakeParse { .. }
+                                    | Expect::FakeClose { .. }
+                            )
+                        }) =>
                 {
                     self.cin_start += 5;
                     if t == tag::SYNC {
@@ -851,28 +915,43 @@ impl Tx<'_> {
             if t == tag::SYNC {
                 self.skipping = false;
                 self.unsynced = false;
-                self.expect.push_back(Expect::Ready { sync: true });
+                self.expect.push_back(Expect::Ready {
+                    sync: true,
+                    ext: self.ext_seq,
+                });
             }
             return Ok(Flow::Go);
         }
         match t {
             tag::QUERY => {
                 h.queries += 1;
-                self.expect.push_back(Expect::Ready { sync: false });
+                self.expect.push_back(Expect::Ready {
+                    sync: false,
+                    ext: self.ext_seq,
+                });
             }
-            xtag::FUNCTION_CALL => self.expect.push_back(Expect::Ready { sync: false }),
+            xtag::FUNCTION_CALL => self.expect.push_back(Expect::Ready {
+                sync: false,
+                ext: self.ext_seq,
+            }),
             tag::SYNC => {
                 self.unsynced = false;
-                self.expect.push_back(Expect::Ready { sync: true });
+                self.expect.push_back(Expect::Ready {
+                    sync: true,
+                    ext: self.ext_seq,
+                });
             }
             xtag::EXECUTE => {
                 h.queries += 1;
                 self.unsynced = true;
+                self.ext_seq = self.ext_seq.wrapping_add(1);
                 self.expect.push_back(Expect::Execute);
             }
             xtag::COPY_DONE | tag::COPY_FAIL => {
                 self.copy_in = false;
-                self.expect.push_back(Expect::CopyEnd);
+                if !self.expect.is_empty() {
+                    self.expect.push_back(Expect::CopyEnd);
+                }
             }
             _ => {}
         }
@@ -887,6 +966,7 @@ impl Tx<'_> {
             return Ok(BindOutcome::End(e));
         }
         self.unsynced = true;
+        self.ext_seq = self.ext_seq.wrapping_add(1);
         self.release_due = false;
         // A Parse injected for the statement goes (and is answered) before the Bind.
         let renamed = if self.skipping {
@@ -940,6 +1020,7 @@ impl Tx<'_> {
         }
         if !named {
             self.unsynced = true;
+            self.ext_seq = self.ext_seq.wrapping_add(1);
             self.release_due = false;
             self.to_server.extend_from_slice(msg);
             self.expect.push_back(Expect::Parse {
@@ -966,7 +1047,7 @@ impl Tx<'_> {
             );
             return Ok(Flow::End(TxEnd::ProtocolError));
         }
-        if self.held.is_none() || self.backend_has(&id) {
+        if self.held.is_none() || (self.backend_has(&id) && !self.uncertain(&id)) {
             self.expect.push_back(Expect::FakeParse {
                 client: view.name.to_vec(),
                 id,
@@ -993,6 +1074,7 @@ impl Tx<'_> {
             return Ok(Flow::Go);
         }
         self.unsynced = true;
+        self.ext_seq = self.ext_seq.wrapping_add(1);
         self.release_due = false;
         let renamed = if view.is_statement() {
             self.prepare_for_use(view.name)
@@ -1026,8 +1108,11 @@ impl Tx<'_> {
         {
             self.statement_bytes -= gone.parse.len();
             // The statement stays prepared on the backends (others may use it); the client's name is
-            // gone, as if closed.
-            self.expect.push_back(Expect::Fake(xtag::CLOSE_COMPLETE));
+            // gone, as if closed (and back if the server would have skipped this Close).
+            self.expect.push_back(Expect::FakeClose {
+                client: view.name.to_vec(),
+                statement: gone,
+            });
             self.drain_fakes();
             return Ok(Flow::Go);
         }
@@ -1036,12 +1121,10 @@ impl Tx<'_> {
         }
         if view.is_statement() && view.name.starts_with(b"pgc_") {
             // It may close one of pgcorral's own statements: the backend's set cannot be trusted.
-            if let Some(h) = self.held.as_mut() {
-                h.lost_statements = true;
-                h.dirty.set(Dirty::SQL_PREPARE);
-            }
+            self.distrust_statements();
         }
         self.unsynced = true;
+        self.ext_seq = self.ext_seq.wrapping_add(1);
         self.release_due = false;
         self.to_server.extend_from_slice(msg);
         self.expect.push_back(Expect::Close {
@@ -1062,11 +1145,30 @@ impl Tx<'_> {
         if let Some(h) = self.held.as_mut() {
             h.dirty.set(stmt.dirty.0);
         }
-        if !self.backend_has(&id) {
+        if !self.backend_has(&id) || self.uncertain(&id) {
             let parse = stmt.parse.clone();
             self.inject_parse(&id, &parse, true, None);
         }
         Some(statement_name(&id))
+    }
+
+    /// Whether the backend's record of `id` may be wrong: pgcorral prepared (or evicted) it in an
+    /// earlier batch whose answer has not come yet. If that batch fails, the server skips the Parse
+    /// (or the Close) while this batch, sent after the earlier Sync, is executed: so prepare it again,
+    /// behind a Close (harmless when the statement does not exist).
+    fn uncertain(&self, id: &StatementId) -> bool {
+        let mut pending = false;
+        for e in &self.expect {
+            match e {
+                Expect::Parse { id: Some(p), .. } if p == id => pending = true,
+                Expect::Close {
+                    victim: Some(v), ..
+                } if v == id => pending = true,
+                Expect::Ready { sync: true, .. } if pending => return true,
+                _ => {}
+            }
+        }
+        false
     }
 
     fn backend_has(&self, id: &StatementId) -> bool {
@@ -1092,14 +1194,24 @@ impl Tx<'_> {
             return;
         };
         let cell = self.ctx.region.prepared(h.lease.slot);
-        let victim = cell.with(h.lease.generation, |set| {
-            let victim = set.victim();
+        let (known, victim) = cell.with(h.lease.generation, |set| {
+            let known = set.touch(id);
+            let victim = if known { None } else { set.victim() };
             if let Some(v) = victim {
                 set.remove(&v);
             }
             set.insert(*id);
-            victim
+            (known, victim)
         });
+        if known || self.uncertain(id) {
+            // Re-preparing a statement the backend may have: close it first (a no-op if it does
+            // not exist) so that the Parse cannot fail with "already exists".
+            TargetView::encode(xtag::CLOSE, b'S', &statement_name(id), &mut self.to_server);
+            self.expect.push_back(Expect::Close {
+                swallow: true,
+                victim: None,
+            });
+        }
         if let Some(v) = victim {
             TargetView::encode(xtag::CLOSE, b'S', &statement_name(&v), &mut self.to_server);
             self.expect.push_back(Expect::Close {
@@ -1144,6 +1256,9 @@ impl Tx<'_> {
                 }
                 self.sr.tag = t;
                 self.sr.body_left = len - 4;
+                while matches!(self.expect.front(), Some(Expect::CopyEnd)) {
+                    self.expect.pop_front();
+                }
                 self.sr.forward = !self.swallows(t);
                 self.sr.peek.clear();
                 self.sr.peek_want = if matches!(
@@ -1172,6 +1287,7 @@ impl Tx<'_> {
             }
             if self.sr.header_have == 5 && self.sr.body_left == 0 {
                 self.sr.header_have = 0;
+                self.more_in_read = i < n;
                 if let Flow::End(e) = self.on_server_message()? {
                     return Ok(Flow::End(e));
                 }
@@ -1198,11 +1314,16 @@ impl Tx<'_> {
                 self.copy_in = false;
                 let mut answered = false;
                 while let Some(e) = self.expect.pop_front() {
-                    if matches!(e, Expect::Ready { .. }) {
+                    if let Expect::Ready { sync, ext } = e {
+                        // A Query or FunctionCall ends the implicit transaction of extended
+                        // messages sent before it.
+                        if !sync && ext == self.ext_seq {
+                            self.unsynced = false;
+                        }
                         answered = true;
                         break;
                     }
-                    self.forget_failed(&e);
+                    self.forget_failed(e);
                 }
                 if !answered {
                     // A ReadyForQuery nothing asked for: pgcorral lost track of this stream, and
@@ -1214,7 +1335,9 @@ impl Tx<'_> {
                 }
                 self.drain_fakes();
                 if self.expect.is_empty() && self.status == b'I' && !self.unsynced {
-                    if self.can_release() {
+                    // Bytes after the ReadyForQuery in this read (a notification) are this
+                    // client's: give the backend back once they are through.
+                    if self.can_release() && !self.more_in_read {
                         self.release(true);
                     } else {
                         self.release_due = true;
@@ -1247,11 +1370,11 @@ impl Tx<'_> {
                         self.expect.pop_front();
                     }
                     while let Some(e) = self.expect.front() {
-                        if matches!(e, Expect::Ready { sync: true }) {
+                        if matches!(e, Expect::Ready { sync: true, .. }) {
                             break;
                         }
                         let e = self.expect.pop_front().expect("front exists");
-                        self.forget_failed(&e);
+                        self.forget_failed(e);
                     }
                     if self.expect.is_empty() {
                         self.skipping = true;
@@ -1264,8 +1387,13 @@ impl Tx<'_> {
             xtag::ROW_DESCRIPTION | xtag::NO_DATA => self.pop_if(|e| matches!(e, Expect::Describe)),
             xtag::COMMAND_COMPLETE => {
                 self.copy_in = false;
+                let mut lost = false;
                 if let Some(h) = self.held.as_mut() {
-                    note_command_tag(&self.sr.peek, &mut h.dirty, &mut h.lost_statements);
+                    note_command_tag(&self.sr.peek, &mut h.dirty, &mut lost);
+                }
+                if lost {
+                    // DISCARD ALL / DEALLOCATE: from now on, prepare everything again here.
+                    self.distrust_statements();
                 }
                 self.pop_if(|e| matches!(e, Expect::Execute))
             }
@@ -1278,7 +1406,8 @@ impl Tx<'_> {
                 }
             }
             tag::COPY_IN_RESPONSE => {
-                self.copy_in = true;
+                // The client may have ended the COPY already (it sent everything in one write).
+                self.copy_in = !self.expect.iter().any(|e| matches!(e, Expect::CopyEnd));
                 // Syncs sent after the Execute that started this COPY reach the server in COPY IN
                 // mode and are ignored there: no ReadyForQuery will answer them.
                 // Only those sent before the client ended the COPY: later ones are answered.
@@ -1292,7 +1421,7 @@ impl Tx<'_> {
                             if matches!(e, Expect::CopyEnd) {
                                 in_copy = false;
                             }
-                            *i == 0 || !(in_copy && matches!(e, Expect::Ready { sync: true }))
+                            *i == 0 || !(in_copy && matches!(e, Expect::Ready { sync: true, .. }))
                         })
                         .map(|(_, e)| e)
                         .collect();
@@ -1315,8 +1444,14 @@ impl Tx<'_> {
     }
 
     /// A request the server skipped or refused: a statement its Parse did not create is forgotten.
-    fn forget_failed(&mut self, e: &Expect) {
-        let failed_client_parse = match e {
+    fn forget_failed(&mut self, e: Expect) {
+        if let Expect::FakeClose { client, statement } = e {
+            // The server would have skipped this Close: the statement is still the client's.
+            self.statement_bytes += statement.parse.len();
+            self.statements.insert(client, statement);
+            return;
+        }
+        let failed_client_parse = match &e {
             Expect::Parse {
                 client: Some(name),
                 id: Some(id),
@@ -1336,7 +1471,7 @@ impl Tx<'_> {
             return;
         };
         let set = self.ctx.region.prepared(h.lease.slot);
-        match e {
+        match &e {
             Expect::Parse { id: Some(id), .. } => set.with(h.lease.generation, |s| s.remove(id)),
             Expect::Close {
                 swallow: true,
@@ -1347,9 +1482,23 @@ impl Tx<'_> {
                 if !restored {
                     h.lost_statements = true;
                     h.dirty.set(Dirty::SQL_PREPARE);
+                    set.with(h.lease.generation, |s| s.clear());
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The held backend's statements are no longer known: forget the record now (statements used from
+    /// here on are prepared again) and clear the backend before it is given back.
+    fn distrust_statements(&mut self) {
+        if let Some(h) = self.held.as_mut() {
+            h.lost_statements = true;
+            h.dirty.set(Dirty::SQL_PREPARE);
+            self.ctx
+                .region
+                .prepared(h.lease.slot)
+                .with(h.lease.generation, |s| s.clear());
         }
     }
 
@@ -1358,12 +1507,14 @@ impl Tx<'_> {
         if !self.sr.at_boundary() {
             return;
         }
-        while let Some(Expect::Fake(_) | Expect::FakeParse { .. } | Expect::CopyEnd) =
-            self.expect.front()
+        while let Some(
+            Expect::Fake(_) | Expect::FakeParse { .. } | Expect::FakeClose { .. } | Expect::CopyEnd,
+        ) = self.expect.front()
         {
             let t = match self.expect.front() {
                 Some(Expect::Fake(t)) => *t,
                 Some(Expect::FakeParse { .. }) => xtag::PARSE_COMPLETE,
+                Some(Expect::FakeClose { .. }) => xtag::CLOSE_COMPLETE,
                 _ => {
                     self.expect.pop_front();
                     continue;
@@ -1629,7 +1780,10 @@ impl Tx<'_> {
         }
         self.unsynced = false;
         extended::empty_message(tag::SYNC, &mut msgs);
-        self.expect.push_back(Expect::Ready { sync: true });
+        self.expect.push_back(Expect::Ready {
+            sync: true,
+            ext: self.ext_seq,
+        });
         if crate::io::write_all(fd, &msgs, deadline).is_err() {
             return false;
         }
