@@ -1125,3 +1125,87 @@ fn sync_between_transactions_needs_no_backend() {
         },
     );
 }
+
+// ---- 9. COPY data after the COPY failed; a client that does not read ------------------------
+
+/// A COPY whose first row is bad, and a client that goes on sending rows and CopyDone after the
+/// server's ErrorResponse and ReadyForQuery (as libpq does for a large COPY): PostgreSQL drops that
+/// data, and so must pgcorral, without waiting for answers that never come. The next Query on the
+/// same connection gets exactly its own answers, and the next client of the one backend is in step.
+#[test]
+fn copy_data_after_a_failed_copy_is_dropped() {
+    let s = setup_one("CREATE TABLE t(i int); GRANT ALL ON t TO PUBLIC");
+    let port = s.pooler.port;
+    run_within(
+        Duration::from_secs(30),
+        "COPY data after failure",
+        move || {
+            let pid = pooled_pid(port);
+            let mut c = raw_login(port, TRUST_USER.user);
+            send(&mut c, &raw::query("COPY t(i) FROM STDIN"), "COPY");
+            let g = read_until_tag(&mut c, b'G', "COPY starts");
+            assert_eq!(seq(&g), "G");
+            send(&mut c, &copy_data(b"bad\n"), "bad row");
+            let m = read_ready(&mut c, 1, "the COPY fails");
+            assert_eq!(seq(&m), "E[22P02]Z", "{}", tags(&m));
+            // The client only now notices; it had more rows on the way.
+            send(
+                &mut c,
+                &[copy_data(b"1\n"), copy_data(b"2\n"), copy_done()].concat(),
+                "stray rows",
+            );
+            expect_silence(&mut c, "after stray COPY data");
+            send(&mut c, &raw::query("SELECT 42"), "query after");
+            let m = read_ready(&mut c, 1, "query after");
+            assert_eq!(seq(&m), "TDCZ", "{}", tags(&m));
+            assert_eq!(col0(&m), ["42"]);
+            expect_silence(&mut c, "after SELECT 42");
+            drop(c);
+            assert_next_client_in_sync(port, &pid, "stray COPY data");
+        },
+    );
+}
+
+/// CPU time (user + system) of a process so far, from /proc/PID/stat.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    let after = stat.rsplit_once(") ").expect("stat format").1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// A client that asks for a large result and then does not read it: the worker must sleep while
+/// its buffers are full (a level-triggered poll that still asks to read the server would spin a CPU
+/// core), and the result must arrive whole once the client reads.
+#[test]
+fn a_client_that_does_not_read_costs_no_cpu() {
+    let s = setup_one("");
+    let port = s.pooler.port;
+    let mut c = raw_login(port, TRUST_USER.user);
+    let before_workers = s.pooler.worker_pids();
+    assert_eq!(before_workers.len(), 1, "one client, one worker");
+    let worker = before_workers[0];
+    send(
+        &mut c,
+        &raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 50000)"),
+        "large result",
+    );
+    std::thread::sleep(Duration::from_millis(500)); // the buffers fill up
+    let start = cpu_time(worker);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_time(worker) - start;
+    assert!(
+        used < Duration::from_millis(300),
+        "the worker used {used:?} of CPU in 2 s while its client did not read"
+    );
+    let m = read_ready(&mut c, 1, "large result, read at last");
+    assert_eq!(
+        m.iter().filter(|m| m.tag == b'D').count(),
+        50000,
+        "every row arrives"
+    );
+    assert_eq!(command_tags(&m), ["SELECT 50000"]);
+}
