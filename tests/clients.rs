@@ -11,7 +11,6 @@
 mod common;
 use common::*;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 /// The pool limit for scram_user.
@@ -40,19 +39,6 @@ fn assert_pool_bounded(s: &Setup, what: &str) {
         "{what}: {n} backends of {} on PostgreSQL, more than the pool limit {LIMIT}",
         SCRAM_USER.user
     );
-}
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
 }
 
 /// Runs `interpreter tests/clients/<script> 127.0.0.1 <port> <user> <password> pgcorral_test`.

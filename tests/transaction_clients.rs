@@ -16,7 +16,6 @@ use common::*;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,19 +25,6 @@ const INSTALL_HINT: &str = "run scripts/test.sh (it installs the client packages
 
 /// Executions per script run, over all its connections.
 const TOTAL: usize = 10_000;
-
-fn clients_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
-}
-
-fn describe(o: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        stdout(o),
-        stderr(o)
-    )
-}
 
 /// How long a client program may run: a healthy run takes a few seconds.
 const DEADLINE: Duration = Duration::from_secs(90);

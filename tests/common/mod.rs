@@ -327,3 +327,18 @@ pub fn pgbench_processed(text: &str) -> u64 {
         .parse()
         .unwrap_or_else(|_| panic!("cannot parse {line:?}"))
 }
+
+/// The client scripts (Python, Node) the end-to-end tests run.
+pub fn clients_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+/// A finished program's status and output, for assertion messages.
+pub fn describe(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    )
+}
