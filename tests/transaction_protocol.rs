@@ -1185,9 +1185,16 @@ fn a_client_that_does_not_read_costs_no_cpu() {
     let s = setup_one("");
     let port = s.pooler.port;
     let mut c = raw_login(port, TRUST_USER.user);
-    let before_workers = s.pooler.worker_pids();
-    assert_eq!(before_workers.len(), 1, "one client, one worker");
-    let worker = before_workers[0];
+    // Main may still have a short-lived child (a startup or maintenance job): wait until the one
+    // client's worker is its only child.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut workers = s.pooler.worker_pids();
+    while workers.len() != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        workers = s.pooler.worker_pids();
+    }
+    assert_eq!(workers.len(), 1, "one client, one worker: {workers:?}");
+    let worker = workers[0];
     send(
         &mut c,
         &raw::query("SELECT repeat('x', 1000) FROM generate_series(1, 50000)"),

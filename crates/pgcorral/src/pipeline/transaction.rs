@@ -88,10 +88,9 @@ enum Expect {
     /// The client ended a COPY IN here (CopyDone or CopyFail): Syncs before it reach the server in
     /// COPY IN mode and are ignored; Syncs after it are answered. Answered by nothing.
     CopyEnd,
-    /// An answer pgcorral gives itself (ParseComplete for a statement the backend already has or that
-    /// is prepared lazily, CloseComplete for a client statement, ReadyForQuery for a Sync between
-    /// transactions), sent when its turn comes.
-    Fake(u8),
+    /// pgcorral's own ReadyForQuery `I` for a Sync between transactions (all that was owed was
+    /// pgcorral's own answers), sent when its turn comes.
+    FakeReady,
 }
 
 /// Session state a client changed, to be undone before the backend serves someone else.
@@ -759,7 +758,7 @@ impl Tx<'_> {
                         && self.expect.iter().all(|e| {
                             matches!(
                                 e,
-                                Expect::Fake(_)
+                                Expect::FakeReady
                                     | Expect::FakeParse { .. }
                                     | Expect::FakeClose { .. }
                             )
@@ -767,7 +766,7 @@ impl Tx<'_> {
                 {
                     self.cin_start += 5;
                     if t == tag::SYNC {
-                        self.expect.push_back(Expect::Fake(tag::READY_FOR_QUERY));
+                        self.expect.push_back(Expect::FakeReady);
                     }
                     self.drain_fakes();
                 }
@@ -1508,11 +1507,14 @@ impl Tx<'_> {
             return;
         }
         while let Some(
-            Expect::Fake(_) | Expect::FakeParse { .. } | Expect::FakeClose { .. } | Expect::CopyEnd,
+            Expect::FakeReady
+            | Expect::FakeParse { .. }
+            | Expect::FakeClose { .. }
+            | Expect::CopyEnd,
         ) = self.expect.front()
         {
             let t = match self.expect.front() {
-                Some(Expect::Fake(t)) => *t,
+                Some(Expect::FakeReady) => tag::READY_FOR_QUERY,
                 Some(Expect::FakeParse { .. }) => xtag::PARSE_COMPLETE,
                 Some(Expect::FakeClose { .. }) => xtag::CLOSE_COMPLETE,
                 _ => {
