@@ -172,6 +172,12 @@ pub struct MainConfig {
     pub update_process_title: ProcessTitle,
     /// Workers run under SCHED_BATCH (`worker_scheduler = batch`, the default) or SCHED_OTHER (`normal`).
     pub worker_sched_batch: bool,
+    /// `transaction_relay = shared` (the default): in the transaction pipeline one relay process
+    /// serves every logged-in client; `worker`: each client's worker relays its own client.
+    pub transaction_relay_shared: bool,
+    /// Nice value of the shared relay (`transaction_relay_nice`, -20..19, default -10): every
+    /// transaction passes through it, so a woken backend or client should not preempt it mid-batch.
+    pub transaction_relay_nice: i32,
     /// Users not in the users vault may log in with pass-through authentication (default on).
     pub allow_unknown_users: bool,
     /// Look up the secret of users not in the vault in PostgreSQL, as the `-S` superuser.

@@ -164,6 +164,17 @@ fn group(path: &Path, items: Vec<Item>) -> Result<Vec<Section>, ConfigError> {
     Ok(sections)
 }
 
+/// The shared relay's default nice value (see `doc/performance.md` for the measurement behind it).
+pub const DEFAULT_RELAY_NICE: i32 = -10;
+
+/// A nice value, -20 (highest priority) to 19.
+pub fn parse_nice(value: &str) -> Result<i32, String> {
+    match value.trim().parse::<i32>() {
+        Ok(n) if (-20..=19).contains(&n) => Ok(n),
+        _ => Err("use a nice value from -20 to 19".to_string()),
+    }
+}
+
 fn bad(path: &Path, entry: &Entry, reason: impl Into<String>) -> ConfigError {
     ConfigError::BadValue {
         path: path.to_path_buf(),
@@ -250,6 +261,8 @@ fn parse_main(
     let mut log_disconnections = false;
     let mut update_process_title = ProcessTitle::Verbose;
     let mut worker_sched_batch = true;
+    let mut transaction_relay_shared = true;
+    let mut transaction_relay_nice = DEFAULT_RELAY_NICE;
     let mut allow_unknown_users = true;
     let mut auth_query = false;
     let mut auth_query_function = String::new();
@@ -365,6 +378,16 @@ fn parse_main(
                     _ => return Err(bad(path, entry, "use batch or normal")),
                 }
             }
+            "transaction_relay" => {
+                transaction_relay_shared = match value.to_ascii_lowercase().as_str() {
+                    "shared" => true,
+                    "worker" => false,
+                    _ => return Err(bad(path, entry, "use shared or worker")),
+                }
+            }
+            "transaction_relay_nice" => {
+                transaction_relay_nice = parse_nice(value).map_err(|r| bad(path, entry, r))?
+            }
             "management" => {
                 management = parse_uint(value, 0, 65535).map_err(|r| bad(path, entry, r))? as u16
             }
@@ -440,6 +463,8 @@ fn parse_main(
         log_disconnections,
         update_process_title,
         worker_sched_batch,
+        transaction_relay_shared,
+        transaction_relay_nice,
         allow_unknown_users,
         auth_query,
         auth_query_function,

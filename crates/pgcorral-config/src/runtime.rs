@@ -28,6 +28,14 @@ impl Config {
         check("max_connections", a.max_connections != b.max_connections);
         check("pipeline", a.pipeline != b.pipeline);
         check(
+            "transaction_relay_nice",
+            a.transaction_relay_nice != b.transaction_relay_nice,
+        );
+        check(
+            "transaction_relay",
+            a.transaction_relay_shared != b.transaction_relay_shared,
+        );
+        check(
             "max_prepared_statements",
             a.max_prepared_statements != b.max_prepared_statements,
         );
@@ -78,6 +86,8 @@ pub const MAIN_KEYS: &[&str] = &[
     "log_disconnections",
     "update_process_title",
     "worker_scheduler",
+    "transaction_relay",
+    "transaction_relay_nice",
     "blocking_timeout",
     "authentication_timeout",
     "keep_alive",
@@ -138,6 +148,13 @@ impl MainConfig {
             }
             .to_string(),
             "log_connections" => on_off(self.log_connections),
+            "transaction_relay_nice" => self.transaction_relay_nice.to_string(),
+            "transaction_relay" => if self.transaction_relay_shared {
+                "shared"
+            } else {
+                "worker"
+            }
+            .to_string(),
             "worker_scheduler" => if self.worker_sched_batch {
                 "batch"
             } else {
@@ -225,6 +242,8 @@ impl MainConfig {
             | "unix_socket_dir"
             | "max_connections"
             | "pipeline"
+            | "transaction_relay"
+            | "transaction_relay_nice"
             | "max_prepared_statements"
             | "log_type"
             | "pidfile"

@@ -729,3 +729,40 @@ fn duplicate_key_last_wins_with_warning() {
         warnings[0].contains(":5: key 'port' in section [pgcorral] is set again (also on line 3)")
     );
 }
+
+#[test]
+fn transaction_relay_keys() {
+    let (c, _) = load_ok(&with_main("pipeline = transaction"), HBA_ALL, None);
+    assert!(c.main.transaction_relay_shared, "shared by default");
+    assert_eq!(c.main.transaction_relay_nice, -10);
+    let (d, _) = load_ok(
+        &with_main(
+            "pipeline = transaction\ntransaction_relay = worker\ntransaction_relay_nice = 5",
+        ),
+        HBA_ALL,
+        None,
+    );
+    assert!(!d.main.transaction_relay_shared);
+    assert_eq!(d.main.transaction_relay_nice, 5);
+    let e = load_err(&with_main("transaction_relay = maybe"), HBA_ALL, None).to_string();
+    assert!(
+        e.contains("key 'transaction_relay'") && e.contains("use shared or worker"),
+        "{e}"
+    );
+    let e = load_err(&with_main("transaction_relay_nice = -21"), HBA_ALL, None).to_string();
+    assert!(
+        e.contains("key 'transaction_relay_nice'") && e.contains("-20 to 19"),
+        "{e}"
+    );
+    assert_eq!(d.main.get("transaction_relay").as_deref(), Some("worker"));
+    assert_eq!(d.main.get("transaction_relay_nice").as_deref(), Some("5"));
+    let mut m = d.main.clone();
+    assert!(m
+        .set("transaction_relay", "shared")
+        .unwrap_err()
+        .contains("restart"));
+    assert_eq!(
+        c.restart_required(&d),
+        vec!["transaction_relay_nice", "transaction_relay"]
+    );
+}
