@@ -60,6 +60,11 @@ pub struct Header {
     /// One past the highest slot ever claimed: slots are claimed lowest first, so the ones in use sit
     /// below this and scans for a backend stop here (max_connections may be far above the pool).
     pub(crate) slot_high: AtomicU32,
+    /// Clients the shared transaction relay serves now (they have no worker process of their own).
+    pub relay_clients: AtomicU64,
+    /// Set while the shared relay has clients waiting for a backend: a process that frees a backend
+    /// then wakes the relay (its eventfd).
+    pub relay_waiting: AtomicU32,
 }
 
 /// The shared region: a header, the waiter queue and the slots, in one `MAP_SHARED` mapping.

@@ -69,6 +69,8 @@ pub struct Daemon {
     next_conn_token: usize,
     signal_pipe: (OwnedFd, OwnedFd),
     workers: HashSet<i32>,
+    /// The shared transaction relay (`transaction_relay = shared`), while it runs.
+    relay: Option<i32>,
     stopping: Option<Instant>,
     cleanup: Cleanup,
     /// The running prefill child, if any (one at a time).
@@ -132,6 +134,7 @@ impl Daemon {
             next_conn_token: FIRST_MANAGEMENT_CONN,
             signal_pipe,
             workers: HashSet::new(),
+            relay: None,
             stopping: None,
             cleanup,
             prefill: None,
@@ -143,6 +146,7 @@ impl Daemon {
     /// Runs until a stop signal; returns the exit code.
     pub fn run(mut self) -> i32 {
         let mut events = Events::with_capacity(64);
+        self.spawn_relay();
         if !crate::prefill::targets(&self.ctx, true).is_empty() {
             self.prefill = self.run_in_child("prefill", |ctx| crate::prefill::run(ctx, true));
         }
@@ -171,13 +175,13 @@ impl Daemon {
                 }
             }
             if self.stopping.is_none() && self.ctx.region.gracefully() {
-                if self.workers.is_empty() {
+                if self.client_count() == 0 {
                     log::info!("graceful shutdown: the last client left");
                     self.begin_stop();
                 } else if self.graceful_deadline.is_some_and(|d| Instant::now() >= d) {
                     log::info!(
                         "graceful shutdown timed out with {} client(s): stopping now",
-                        self.workers.len()
+                        self.client_count()
                     );
                     self.begin_stop();
                 }
@@ -188,11 +192,11 @@ impl Daemon {
                 self.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
             }
             if let Some(deadline) = self.stopping {
-                if self.workers.is_empty() && self.helpers.is_empty() {
+                if self.workers.is_empty() && self.helpers.is_empty() && self.relay.is_none() {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    for &pid in self.workers.iter().chain(&self.helpers) {
+                    for &pid in self.workers.iter().chain(&self.helpers).chain(&self.relay) {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                     self.reap(true);
@@ -242,7 +246,7 @@ impl Daemon {
         }
         log::info!(
             "graceful shutdown: refusing new clients, {} connected",
-            self.workers.len()
+            self.client_count()
         );
         self.ctx.region.set_gracefully(true);
         self.graceful_deadline = timeout.map(|t| Instant::now() + t);
@@ -261,8 +265,15 @@ impl Daemon {
         self.stopping.is_some()
     }
 
+    /// Connected clients: workers, and the clients the shared transaction relay serves.
     pub(crate) fn client_count(&self) -> usize {
-        self.workers.len()
+        let relayed = self
+            .ctx
+            .region
+            .header()
+            .relay_clients
+            .load(Ordering::Acquire) as usize;
+        self.workers.len() + relayed
     }
 
     pub(crate) fn is_client(&self, pid: i32) -> bool {
@@ -273,7 +284,7 @@ impl Daemon {
         if self.stopping.is_some() {
             return;
         }
-        log::info!("shutting down: {} client(s) connected", self.workers.len());
+        log::info!("shutting down: {} client(s) connected", self.client_count());
         crate::notify::notify("STOPPING=1");
         self.stopping = Some(Instant::now() + STOP_GRACE);
         self.ctx
@@ -287,7 +298,7 @@ impl Daemon {
                 let _ = std::fs::remove_file(path);
             }
         }
-        for &pid in self.workers.iter().chain(&self.helpers) {
+        for &pid in self.workers.iter().chain(&self.helpers).chain(&self.relay) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
         // Waiting clients sleep on the futex: wake them so they see the flag.
@@ -379,6 +390,20 @@ impl Daemon {
         }
     }
 
+    /// Starts the shared transaction relay, when the configuration has one.
+    fn spawn_relay(&mut self) {
+        if self.ctx.relay.is_none() || self.relay.is_some() || self.stopping.is_some() {
+            return;
+        }
+        match self.fork_child(crate::relay::run) {
+            Ok(pid) => {
+                log::debug!("transaction relay started as process {pid}");
+                self.relay = Some(pid);
+            }
+            Err(e) => log::error!("cannot fork the transaction relay: {e}"),
+        }
+    }
+
     fn spawn_worker(&mut self, client: OwnedFd, peer: Option<IpAddr>) {
         // The socket stays here unless the child takes it: a failed fork must still answer the client.
         let mut client = Some(client);
@@ -448,7 +473,11 @@ impl Daemon {
                 continue;
             }
             let owner = slot.owner();
-            if owner == me || self.workers.contains(&owner) || self.helpers.contains(&owner) {
+            if owner == me
+                || self.workers.contains(&owner)
+                || self.helpers.contains(&owner)
+                || self.relay == Some(owner)
+            {
                 continue;
             }
             let key = (i, slot.generation(), state as i32);
@@ -527,7 +556,7 @@ impl Daemon {
                 Err(_) => break,
             }
             if block
-                && ((self.workers.is_empty() && self.helpers.is_empty())
+                && ((self.workers.is_empty() && self.helpers.is_empty() && self.relay.is_none())
                     || Instant::now() >= deadline)
             {
                 break;
@@ -540,6 +569,20 @@ impl Daemon {
     fn child_gone(&mut self, pid: i32) {
         self.workers.remove(&pid);
         self.helpers.remove(&pid);
+        let relay_died = self.relay == Some(pid);
+        if relay_died {
+            self.relay = None;
+            let h = self.ctx.region.header();
+            if self.stopping.is_none() {
+                log::error!(
+                    "the transaction relay (process {pid}) ended with {} client(s); starting a new one",
+                    h.relay_clients.load(Ordering::Acquire)
+                );
+            }
+            // Its clients' sockets closed with it.
+            h.relay_clients.store(0, Ordering::Release);
+            h.relay_waiting.store(0, Ordering::Release);
+        }
         if self.prefill == Some(pid) {
             self.prefill = None;
         }
@@ -574,6 +617,11 @@ impl Daemon {
             if self.ctx.region.release_slot(i, state) {
                 log::warn!("slot {i}: reclaimed from worker {pid}, which ended while holding it");
             }
+        }
+        // Slots may have come free for clients the relay keeps waiting.
+        self.ctx.wake_relay();
+        if relay_died {
+            self.spawn_relay();
         }
     }
 

@@ -12,6 +12,7 @@ mod notify;
 mod pipeline;
 mod pool;
 mod prefill;
+mod relay;
 mod remote;
 mod secrets;
 mod security;
@@ -392,12 +393,25 @@ fn main() {
         admins: cli.admins.clone(),
         superuser: cli.superuser.clone(),
     };
+    // The shared transaction relay's channel exists before any fork: every worker inherits it.
+    let relay = if config.main.pipeline == PipelineKind::Transaction
+        && config.main.transaction_relay_shared
+    {
+        Some(context::RelayChannel::new().unwrap_or_else(|e| {
+            remove_pidfile_and_fail(format!(
+                "cannot create the transaction relay's channel: {e}"
+            ))
+        }))
+    } else {
+        None
+    };
     let ctx = context::Context {
         config,
         region,
         main_fds: vec![None; capacity],
         management_path,
         secrets,
+        relay,
     };
     listeners.extend(
         management_listeners

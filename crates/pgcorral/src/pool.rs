@@ -402,6 +402,7 @@ pub fn give_back_keeping(ctx: &Context, mut lease: Lease) -> Option<(usize, u32,
     slot.set_owner(0);
     if slot.transition(SlotState::InUse, SlotState::Free) {
         region.notify_release_for(Some(slot.pool_key()));
+        ctx.wake_relay();
         lease.fd.take().map(|fd| (lease.slot, lease.generation, fd))
     } else {
         // Someone marked it (flush): it must not be reused.
@@ -465,6 +466,7 @@ fn kill_in_state(ctx: &Context, lease: Lease, state: SlotState) {
     }
     drop(lease.fd);
     ctx.region.release_slot(lease.slot, state);
+    ctx.wake_relay();
 }
 
 #[cfg(test)]

@@ -477,11 +477,19 @@ fn serve(
         };
         let client = pipeline::transaction::TxClient {
             fd,
-            key: &key,
+            key: key.clone(),
             rule,
-            startup: &startup,
+            startup: startup.clone(),
             client_key,
             credential: backend_credential.clone(),
+        };
+        // With the shared relay, this worker's work ends here: the relay serves the client.
+        let (client, login) = match crate::relay::hand_over(ctx, client, login, &host) {
+            Ok(()) => {
+                log::debug!("client {host}: handed to the transaction relay");
+                return 0;
+            }
+            Err(back) => *back,
         };
         let end = pipeline::transaction::run(ctx, client, login);
         log::debug!("transaction session ended: {end:?}");

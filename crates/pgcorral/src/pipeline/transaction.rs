@@ -22,14 +22,18 @@ use crate::context::Context;
 use crate::io::STOP_REQUESTED;
 use crate::pool::{self, FdCache, Lease, PoolError, PoolKey};
 use crate::security::BackendCredential;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use pgcorral_shmem::{SlotData, StatementId};
 use pgcorral_wire::extended::{self, tag as xtag, BindHead, ParseView, TargetView};
 use pgcorral_wire::messages::{tag, ErrorFields, ReceivedError};
 use pgcorral_wire::{StartupMessage, MAX_MESSAGE_LENGTH};
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -285,6 +289,9 @@ pub enum TxEnd {
     ProtocolError,
     PoolFull,
     Stopped,
+    /// Not an end: in the shared relay, the client needs a backend and none is free. The message
+    /// that needs it is left unread; the relay steps the client again when a backend may be free.
+    Parked,
 }
 
 /// Where a client message stands.
@@ -298,11 +305,11 @@ enum ClientMessage {
 }
 
 /// Everything the pipeline needs to know about its client.
-pub struct TxClient<'a> {
+pub struct TxClient {
     pub fd: RawFd,
-    pub key: &'a PoolKey,
+    pub key: PoolKey,
     pub rule: Option<usize>,
-    pub startup: &'a StartupMessage,
+    pub startup: StartupMessage,
     pub client_key: (i32, i32),
     /// How pgcorral logs in to new backends for this client (`None`: only a server that trusts the
     /// user can be reached; pooled backends can always be used).
@@ -316,11 +323,146 @@ pub struct LoginBackend {
     pub setup_applied: bool,
 }
 
-struct Tx<'a> {
+/// What the transactions of one process share: its copies of backend sockets and, in the shared
+/// relay, the event registry and the rule that keeps waiting clients in order.
+pub struct Shared {
+    pub fds: RefCell<FdCache>,
+    pub relay: Option<RelayHooks>,
+}
+
+impl Shared {
+    /// A worker that relays its one client.
+    pub fn worker() -> Rc<Shared> {
+        Rc::new(Shared {
+            fds: RefCell::new(FdCache::default()),
+            relay: None,
+        })
+    }
+}
+
+/// How a transaction runs inside the shared relay (`crate::relay`).
+pub struct RelayHooks {
+    /// The relay's epoll. A backend socket is registered once, under [`server_token`] of its slot,
+    /// and stays registered while the relay keeps its copy (between transactions too): registering
+    /// and removing it per transaction would cost two system calls each time.
+    pub registry: Registry,
+    /// Per slot: the (generation, fd) registered with epoll.
+    pub watched: RefCell<Vec<Option<(u32, RawFd)>>>,
+    /// Per slot: the index of the client holding it (`NO_HOLDER`: none).
+    pub holders: RefCell<Vec<usize>>,
+    /// Clients of the relay parked waiting for a backend, per pool key hash.
+    parked: RefCell<HashMap<u64, usize>>,
+    /// Set while the relay steps the head of its queue: only that client may take a backend while
+    /// others wait (FIFO).
+    pub resuming: Cell<bool>,
+    /// Bumped whenever a client of the relay gives a backend back or closes one.
+    pub releases: Cell<u64>,
+}
+
+/// The epoll token of client `index`'s socket in the shared relay.
+pub fn client_token(index: usize) -> Token {
+    Token(FIRST_RELAY_TOKEN + 2 * index)
+}
+
+/// The epoll token of the backend of `slot` in the shared relay.
+pub fn server_token(slot: usize) -> Token {
+    Token(FIRST_RELAY_TOKEN + 2 * slot + 1)
+}
+
+/// No client holds the slot.
+pub const NO_HOLDER: usize = usize::MAX;
+
+impl RelayHooks {
+    pub fn new(registry: Registry) -> RelayHooks {
+        RelayHooks {
+            registry,
+            watched: RefCell::new(Vec::new()),
+            holders: RefCell::new(Vec::new()),
+            parked: RefCell::new(HashMap::new()),
+            resuming: Cell::new(false),
+            releases: Cell::new(0),
+        }
+    }
+
+    /// Client `index` holds `slot` (backend socket `fd`): events of the socket go to it. The socket
+    /// is registered unless this very (generation, fd) already is. An fd the relay closed is never
+    /// deregistered later (its number may belong to another socket by then): the kernel drops the
+    /// registration when main closes the last copy, and until then its events only mark a holder
+    /// readable for nothing (a read that finds no data).
+    fn hold(&self, slot: usize, generation: u32, fd: RawFd, index: usize) -> io::Result<()> {
+        let mut watched = self.watched.borrow_mut();
+        if watched.len() <= slot {
+            watched.resize(slot + 1, None);
+        }
+        if watched[slot] != Some((generation, fd)) {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            match self
+                .registry
+                .register(&mut SourceFd(&fd), server_token(slot), interest)
+            {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.registry
+                        .reregister(&mut SourceFd(&fd), server_token(slot), interest)?
+                }
+                Err(e) => return Err(e),
+            }
+            watched[slot] = Some((generation, fd));
+        }
+        let mut holders = self.holders.borrow_mut();
+        if holders.len() <= slot {
+            holders.resize(slot + 1, NO_HOLDER);
+        }
+        holders[slot] = index;
+        Ok(())
+    }
+
+    /// Counts a client of pool key `key` parked.
+    pub fn park(&self, key: u64) {
+        *self.parked.borrow_mut().entry(key).or_insert(0) += 1;
+    }
+
+    /// Counts a client of pool key `key` no longer parked.
+    pub fn unpark(&self, key: u64) {
+        let mut parked = self.parked.borrow_mut();
+        if let Some(n) = parked.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                parked.remove(&key);
+            }
+        }
+    }
+
+    fn parked_for(&self, key: u64) -> bool {
+        self.parked.borrow().contains_key(&key)
+    }
+
+    /// The client holding `slot`, if any.
+    pub fn holder(&self, slot: usize) -> Option<usize> {
+        match self.holders.borrow().get(slot) {
+            Some(&i) if i != NO_HOLDER => Some(i),
+            _ => None,
+        }
+    }
+
+    fn let_go(&self, slot: usize) {
+        if let Some(h) = self.holders.borrow_mut().get_mut(slot) {
+            *h = NO_HOLDER;
+        }
+        self.releases.set(self.releases.get() + 1);
+    }
+}
+
+/// Tokens below this are the relay's own (its channel, its wake-up eventfd).
+pub const FIRST_RELAY_TOKEN: usize = 16;
+
+pub struct Tx<'a> {
     ctx: &'a Context,
-    c: TxClient<'a>,
+    c: TxClient,
     held: Option<Held>,
-    fds: FdCache,
+    shared: Rc<Shared>,
+    /// This client's index in the shared relay (its tokens); 0 in a worker.
+    index: usize,
     cin: Vec<u8>,
     cin_start: usize,
     cin_end: usize,
@@ -393,61 +535,10 @@ enum Wait {
 
 /// Runs the transaction pipeline for an authenticated, greeted client. `login` is the backend the
 /// login used (idle); it goes back to the pool at once.
-pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> TxEnd {
-    let startup_encoded = backend::encode_params(client.startup);
-    let mut tx = Tx {
-        ctx,
-        c: client,
-        held: None,
-        fds: FdCache::default(),
-        cin: vec![0u8; RELAY_BUFFER],
-        cin_start: 0,
-        cin_end: 0,
-        cmsg: ClientMessage::Boundary,
-        to_server: Vec::with_capacity(RELAY_BUFFER),
-        to_server_at: 0,
-        to_client: Vec::with_capacity(RELAY_BUFFER),
-        to_client_at: 0,
-        sin: Buffer::new(),
-        sr: ServerReader {
-            peek: Vec::with_capacity(PEEK),
-            ..Default::default()
-        },
-        expect: VecDeque::with_capacity(64),
-        statements: HashMap::new(),
-        scan: KeywordScan::default(),
-        status: b'I',
-        copy_in: false,
-        skipping: false,
-        unsynced: false,
-        ext_seq: 0,
-        release_due: false,
-        more_in_read: false,
-        statement_bytes: 0,
-        startup_encoded,
-        discard: false,
-        server_fatal: false,
-        client_readable: true,
-        client_writable: true,
-        server_readable: false,
-        server_writable: true,
-        prepared_enabled: ctx.config.main.max_prepared_statements > 0,
-        rng: ring::rand::SystemRandom::new(),
-    };
+pub fn run(ctx: &Context, client: TxClient, login: Option<LoginBackend>) -> TxEnd {
+    let mut tx = Tx::new(ctx, client, Shared::worker(), 0);
     if let Some(login) = login {
-        let mut dirty = Dirty::default();
-        if login.setup_applied {
-            dirty.set(Dirty::GUC);
-        }
-        tx.held = Some(Held {
-            fd: login.lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
-            lease: login.lease,
-            dirty,
-            lost_statements: false,
-            queries: 0,
-        });
-        // The login's backend is idle: give it back before waiting for the client.
-        tx.release(false);
+        tx.adopt_login(login);
     }
     let end = tx.relay();
     let end = match end {
@@ -461,20 +552,119 @@ pub fn run(ctx: &Context, client: TxClient<'_>, login: Option<LoginBackend>) -> 
     end
 }
 
-impl Tx<'_> {
+/// Gives the login's backend back (undoing the SET statements the login ran) and returns the client,
+/// for a worker that hands its client to the shared relay.
+pub fn give_back_login(ctx: &Context, client: TxClient, login: LoginBackend) -> TxClient {
+    let mut tx = Tx::new(ctx, client, Shared::worker(), 0);
+    tx.adopt_login(login);
+    tx.c
+}
+
+impl<'a> Tx<'a> {
+    /// A client between transactions, holding no backend.
+    pub fn new(ctx: &'a Context, client: TxClient, shared: Rc<Shared>, index: usize) -> Tx<'a> {
+        let startup_encoded = backend::encode_params(&client.startup);
+        Tx {
+            ctx,
+            c: client,
+            held: None,
+            shared,
+            index,
+            cin: vec![0u8; RELAY_BUFFER],
+            cin_start: 0,
+            cin_end: 0,
+            cmsg: ClientMessage::Boundary,
+            to_server: Vec::with_capacity(RELAY_BUFFER),
+            to_server_at: 0,
+            to_client: Vec::with_capacity(RELAY_BUFFER),
+            to_client_at: 0,
+            sin: Buffer::new(),
+            sr: ServerReader {
+                peek: Vec::with_capacity(PEEK),
+                ..Default::default()
+            },
+            expect: VecDeque::with_capacity(64),
+            statements: HashMap::new(),
+            scan: KeywordScan::default(),
+            status: b'I',
+            copy_in: false,
+            skipping: false,
+            unsynced: false,
+            ext_seq: 0,
+            release_due: false,
+            more_in_read: false,
+            statement_bytes: 0,
+            startup_encoded,
+            discard: false,
+            server_fatal: false,
+            client_readable: true,
+            client_writable: true,
+            server_readable: false,
+            server_writable: true,
+            prepared_enabled: ctx.config.main.max_prepared_statements > 0,
+            rng: ring::rand::SystemRandom::new(),
+        }
+    }
+
+    /// Takes the login's idle backend and gives it back at once (before waiting for the client).
+    fn adopt_login(&mut self, login: LoginBackend) {
+        let mut dirty = Dirty::default();
+        if login.setup_applied {
+            dirty.set(Dirty::GUC);
+        }
+        self.held = Some(Held {
+            fd: login.lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
+            lease: login.lease,
+            dirty,
+            lost_statements: false,
+            queries: 0,
+        });
+        self.release(false);
+    }
+
+    /// The user and database of the client (for log lines).
+    pub fn key(&self) -> &PoolKey {
+        &self.c.key
+    }
+
+    /// Records what epoll said of the client's socket.
+    pub fn client_ready(&mut self, readable: bool, writable: bool) {
+        self.client_readable |= readable;
+        self.client_writable |= writable;
+    }
+
+    /// Records what epoll said of the held backend's socket.
+    pub fn server_ready(&mut self, readable: bool, writable: bool) {
+        if self.held.is_some() {
+            self.server_readable |= readable;
+            self.server_writable |= writable;
+        }
+    }
+
     fn relay(&mut self) -> io::Result<TxEnd> {
         loop {
+            if let Some(end) = self.step()? {
+                return Ok(end);
+            }
+            self.wait()?;
+        }
+    }
+
+    /// Does everything that can be done without waiting for a socket. `Some(end)`: the session ended
+    /// (or, in the shared relay, [`TxEnd::Parked`]: it waits for a backend).
+    pub fn step(&mut self) -> io::Result<Option<TxEnd>> {
+        {
             let mut progress = true;
             while progress {
                 progress = false;
                 if STOP_REQUESTED.load(Ordering::Relaxed) {
-                    return Ok(TxEnd::Stopped);
+                    return Ok(Some(TxEnd::Stopped));
                 }
                 // Client → server.
                 if self.held.is_some() && self.to_server_at < self.to_server.len() {
                     match self.flush_server() {
                         Ok(p) => progress |= p,
-                        Err(()) => return Ok(TxEnd::ServerGone),
+                        Err(()) => return Ok(Some(TxEnd::ServerGone)),
                     }
                 }
                 if self.to_server.len() - self.to_server_at < HIGH_WATER {
@@ -482,7 +672,7 @@ impl Tx<'_> {
                     if self.cin_start < self.cin_end {
                         let before = (self.cin_start, self.to_server.len());
                         if let Flow::End(e) = self.process_client()? {
-                            return Ok(e);
+                            return Ok(Some(e));
                         }
                         consumed = (self.cin_start, self.to_server.len()) != before;
                         progress |= consumed;
@@ -497,7 +687,7 @@ impl Tx<'_> {
                         match self.read_client() {
                             Ok(true) => progress = true,
                             Ok(false) => {}
-                            Err(()) => return Ok(TxEnd::ClientGone),
+                            Err(()) => return Ok(Some(TxEnd::ClientGone)),
                         }
                     }
                 }
@@ -514,11 +704,11 @@ impl Tx<'_> {
                 if self.to_client_at < self.to_client.len() && self.client_writable {
                     match self.flush_client() {
                         Ok(p) => progress |= p,
-                        Err(()) => return Ok(TxEnd::ClientGone),
+                        Err(()) => return Ok(Some(TxEnd::ClientGone)),
                     }
                 }
                 if self.server_fatal && self.to_client_at == self.to_client.len() {
-                    return Ok(TxEnd::ServerGone);
+                    return Ok(Some(TxEnd::ServerGone));
                 }
                 if self.held.is_some()
                     && self.server_readable
@@ -529,19 +719,19 @@ impl Tx<'_> {
                             progress = true;
                             self.server_readable = n == self.sin.data.len();
                             if let Flow::End(e) = self.process_server(n)? {
-                                return Ok(e);
+                                return Ok(Some(e));
                             }
                         }
                         Ok(ReadOutcome::WouldBlock) => self.server_readable = false,
                         Ok(ReadOutcome::Closed) | Err(_) => {
                             self.server_fatal = true;
-                            return Ok(TxEnd::ServerGone);
+                            return Ok(Some(TxEnd::ServerGone));
                         }
                     }
                 }
             }
-            self.wait()?;
         }
+        Ok(None)
     }
 
     /// Sleeps until a socket the relay waits on is ready. poll(2), not epoll: the backend changes with
@@ -814,8 +1004,14 @@ impl Tx<'_> {
                         _ => self.on_close(msg),
                     };
                     self.cin = cin;
-                    if let Flow::End(e) = flow? {
-                        return Ok(Flow::End(e));
+                    match flow? {
+                        Flow::End(TxEnd::Parked) => {
+                            // Read again when a backend is free: nothing of it was used yet.
+                            self.cin_start = at;
+                            return Ok(Flow::End(TxEnd::Parked));
+                        }
+                        Flow::End(e) => return Ok(Flow::End(e)),
+                        Flow::Go => {}
                     }
                 }
                 xtag::BIND => {
@@ -1547,24 +1743,40 @@ impl Tx<'_> {
         if self.held.is_some() {
             return Ok(Flow::Go);
         }
-        // The client may wait for what is already due to it while this worker sleeps in the queue.
-        let _ = self.flush_client();
-        let any: fn(&SlotData) -> bool = |_| true;
         let ctx = self.ctx;
+        let mut timeout = match wait {
+            Wait::Yes => ctx.config.main.blocking_timeout,
+            Wait::No => Duration::ZERO,
+        };
+        let mut may_park = false;
+        if let Some(hooks) = self.shared.relay.as_ref() {
+            if wait == Wait::Yes {
+                // The relay never sleeps for one client: look, and park the client when none is
+                // free. Clients of the same pool key already parked go first.
+                if !hooks.resuming.get() && hooks.parked_for(self.c.key.hash) {
+                    return Ok(Flow::End(TxEnd::Parked));
+                }
+                may_park = true;
+                timeout = Duration::ZERO;
+            }
+        } else {
+            // The client may wait for what is already due to it while this worker sleeps in the
+            // queue.
+            let _ = self.flush_client();
+        }
+        let any: fn(&SlotData) -> bool = |_| true;
         let checkout = pool::checkout(
             ctx,
-            self.c.key,
+            &self.c.key,
             self.c.rule,
             Some(&any),
-            match wait {
-                Wait::Yes => ctx.config.main.blocking_timeout,
-                Wait::No => Duration::ZERO,
-            },
-            Some(&mut self.fds),
+            timeout,
+            Some(&mut self.shared.fds.borrow_mut()),
         );
         let mut lease = match checkout {
             Ok(c) => c.lease,
             Err(PoolError::Full) if wait == Wait::No => return Ok(Flow::Go),
+            Err(PoolError::Full) if may_park => return Ok(Flow::End(TxEnd::Parked)),
             Err(PoolError::Full) => {
                 self.client_error(
                     "53300",
@@ -1593,7 +1805,7 @@ impl Tx<'_> {
             match backend::open_as_pooler(
                 ctx,
                 &mut lease,
-                self.c.startup,
+                &self.c.startup,
                 &credential,
                 &self.rng,
                 deadline,
@@ -1614,7 +1826,7 @@ impl Tx<'_> {
                 }
             }
         } else {
-            let setup = slot_setup(ctx, lease.slot, self.c.startup, &self.startup_encoded);
+            let setup = slot_setup(ctx, lease.slot, &self.c.startup, &self.startup_encoded);
             if !setup.is_empty() {
                 let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
                 match backend::run_setup(fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
@@ -1633,6 +1845,14 @@ impl Tx<'_> {
         }
         slot.set_client_key(self.c.client_key.0, self.c.client_key.1);
         let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        if let Some(hooks) = self.shared.relay.as_ref() {
+            if let Err(e) = hooks.hold(lease.slot, lease.generation, fd, self.index) {
+                log::warn!("slot {}: cannot watch the backend: {e}", lease.slot);
+                pool::kill(ctx, lease);
+                self.client_error("08006", "pgcorral could not watch a server connection");
+                return Ok(Flow::End(TxEnd::ServerGone));
+            }
+        }
         self.held = Some(Held {
             lease,
             fd,
@@ -1652,7 +1872,7 @@ impl Tx<'_> {
     /// Ends the transaction on the held backend: undoes the session state the client changed and
     /// gives the backend back (or closes it when that fails). `counted`: a client transaction ended.
     fn release(&mut self, counted: bool) {
-        let Some(h) = self.held.take() else {
+        let Some(h) = self.take_held() else {
             return;
         };
         let ctx = self.ctx;
@@ -1690,12 +1910,21 @@ impl Tx<'_> {
             }
         }
         if let Some((slot, generation, fd)) = pool::give_back_keeping(ctx, h.lease) {
-            self.fds.put(slot, generation, fd);
+            self.shared.fds.borrow_mut().put(slot, generation, fd);
         }
     }
 
+    /// Lets go of the held backend (in the shared relay, its events go to nobody from now on).
+    fn take_held(&mut self) -> Option<Held> {
+        let h = self.held.take()?;
+        if let Some(hooks) = self.shared.relay.as_ref() {
+            hooks.let_go(h.lease.slot);
+        }
+        Some(h)
+    }
+
     /// After the relay: give back, drain, or kill the held backend.
-    fn finish(&mut self, end: TxEnd) {
+    pub fn finish(&mut self, end: TxEnd) {
         if end == TxEnd::Stopped {
             self.client_error(
                 "57P01",
@@ -1710,7 +1939,7 @@ impl Tx<'_> {
         let usable =
             matches!(end, TxEnd::ClientTerminated | TxEnd::ClientGone) && !self.server_fatal;
         if !usable {
-            let h = self.held.take().expect("held");
+            let h = self.take_held().expect("held");
             pool::kill(ctx, h.lease);
             return;
         }
@@ -1736,7 +1965,7 @@ impl Tx<'_> {
             || self.to_server_at < self.to_server.len();
         if half_sent || !self.drain(end == TxEnd::ClientGone) {
             log::debug!("slot {slot}: backend left in an unknown state; closing it");
-            let h = self.held.take().expect("held");
+            let h = self.take_held().expect("held");
             pool::kill(ctx, h.lease);
             return;
         }
@@ -1812,6 +2041,11 @@ impl Tx<'_> {
             self.status = b'I';
         }
         true
+    }
+
+    /// Sends the client a FATAL ErrorResponse (the relay's blocking_timeout).
+    pub fn fail(&mut self, code: &str, message: &str) {
+        self.client_error(code, message);
     }
 
     /// Sends the client an ErrorResponse (FATAL: the session ends after it).
