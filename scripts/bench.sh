@@ -457,13 +457,19 @@ for c in $TX_PREPARED_CLIENTS; do
 done
 SCENARIOS+=("${TX_SCENARIOS[@]}")
 
-# CPU time (clock ticks) a pooler used so far: its own plus that of its reaped children (pgcorral's
-# workers, which exit when their client does and are reaped by main).
+# CPU time (clock ticks) a pooler used so far: its own, that of its reaped children (pgcorral's
+# workers, which exit when their client does and are reaped by main) and that of its live children
+# (pgcorral's transaction relay, and workers still serving a client).
 cpu_ticks() {
-    local stat
+    local stat total child
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
     # Fields after the ") " that closes the command name: utime is the 12th, then stime, cutime, cstime.
-    echo "${stat##*) }" | awk '{print $12 + $13 + $14 + $15}'
+    total=$(echo "${stat##*) }" | awk '{print $12 + $13 + $14 + $15}')
+    for child in $(pgrep -P "$1" 2>/dev/null); do
+        stat=$(cat "/proc/$child/stat" 2>/dev/null) || continue
+        total=$((total + $(echo "${stat##*) }" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
 }
 CLK_TCK=$(getconf CLK_TCK)
 declare -A CPU_US # CPU_US[scenario/target] = µs of pooler CPU per transaction, one per round
