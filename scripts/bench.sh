@@ -465,7 +465,7 @@ cpu_ticks() {
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
     # Fields after the ") " that closes the command name: utime is the 12th, then stime, cutime, cstime.
     total=$(echo "${stat##*) }" | awk '{print $12 + $13 + $14 + $15}')
-    for child in $(pgrep -P "$1" 2>/dev/null); do
+    for child in $(pgrep -P "$1" 2>/dev/null || true); do
         stat=$(cat "/proc/$child/stat" 2>/dev/null) || continue
         total=$((total + $(echo "${stat##*) }" | awk '{print $12 + $13}')))
     done

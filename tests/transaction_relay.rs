@@ -354,3 +354,74 @@ fn kill_pid(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a pid this test read from /proc as the daemon's child.
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill {pid}");
 }
+
+#[test]
+fn reload_starts_a_new_relay_and_the_old_one_drains() {
+    let mut o = tx_opts(TRUST_USER.user, 1, &[]);
+    o.blocking_timeout = 30;
+    let s = setup(o);
+    let port = s.pooler.port;
+    let first = the_relay(&s.pooler);
+    let mut old_client = must_connect(port, TRUST_USER.user, Some(TRUST_USER.password));
+    old_client.query_one("SELECT 1", &[]).unwrap();
+
+    // blocking_timeout 30 -> 1, then reload.
+    let conf = s.pooler.conf_path();
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("blocking_timeout = 30"), "{text}");
+    std::fs::write(
+        &conf,
+        text.replace("blocking_timeout = 30", "blocking_timeout = 1"),
+    )
+    .unwrap();
+    let out = s.pooler.ctl(&["conf", "reload"]);
+    assert!(out.status.success(), "conf reload: {}", describe(&out));
+
+    // A new relay serves new clients; the old one keeps its client, unchanged.
+    let mut second = 0;
+    let ok = wait_until(Duration::from_secs(10), || {
+        let r = relay_pids(&s.pooler);
+        second = r.iter().copied().find(|&p| p != first).unwrap_or(0);
+        r.len() == 2 && second != 0
+    });
+    assert!(
+        ok,
+        "after a reload: the new relay and the retiring one, got {:?}",
+        relay_pids(&s.pooler)
+    );
+    let v: i32 = old_client.query_one("SELECT 3", &[]).unwrap().get(0);
+    assert_eq!(v, 3, "the old relay's client is still served");
+
+    // The new relay uses the new blocking_timeout (1 s) while the old client holds the backend.
+    let mut new_client = raw_login(port, TRUST_USER.user);
+    old_client.batch_execute("BEGIN; SELECT 1").unwrap();
+    let started = Instant::now();
+    let outcome = new_client.simple_query("SELECT 1");
+    let waited = started.elapsed();
+    let msgs = match &outcome {
+        raw::Outcome::Closed(m) | raw::Outcome::Error(_, m) => m.clone(),
+        other => panic!("expected FATAL 53300, got {other:?}"),
+    };
+    let e = msgs
+        .iter()
+        .find_map(|m| m.error())
+        .expect("an ErrorResponse");
+    assert_eq!(e.code, "53300", "{e:?}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "the new relay waited {waited:?}: it did not take blocking_timeout = 1"
+    );
+    old_client.batch_execute("COMMIT").unwrap();
+
+    // The old relay ends once its last client leaves.
+    drop(old_client);
+    let ok = wait_until(Duration::from_secs(10), || {
+        relay_pids(&s.pooler) == vec![second]
+    });
+    assert!(
+        ok,
+        "the retiring relay did not end: {:?}",
+        relay_pids(&s.pooler)
+    );
+    assert_pool_works(&s.pooler);
+}

@@ -62,6 +62,8 @@ pub struct Header {
     pub(crate) slot_high: AtomicU32,
     /// Clients the shared transaction relay serves now (they have no worker process of their own).
     pub relay_clients: AtomicU64,
+    /// Clients a worker sent to the relay that the relay has not taken yet.
+    pub relay_handed: AtomicU64,
     /// Set while the shared relay has clients waiting for a backend: a process that frees a backend
     /// then wakes the relay (its eventfd).
     pub relay_waiting: AtomicU32,

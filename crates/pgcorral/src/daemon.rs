@@ -71,6 +71,8 @@ pub struct Daemon {
     workers: HashSet<i32>,
     /// The shared transaction relay (`transaction_relay = shared`), while it runs.
     relay: Option<i32>,
+    /// Relays replaced after a reload, serving their last clients with the old configuration.
+    retiring_relays: HashSet<i32>,
     stopping: Option<Instant>,
     cleanup: Cleanup,
     /// The running prefill child, if any (one at a time).
@@ -135,6 +137,7 @@ impl Daemon {
             signal_pipe,
             workers: HashSet::new(),
             relay: None,
+            retiring_relays: HashSet::new(),
             stopping: None,
             cleanup,
             prefill: None,
@@ -192,11 +195,21 @@ impl Daemon {
                 self.next_maintenance = Instant::now() + MAINTENANCE_INTERVAL;
             }
             if let Some(deadline) = self.stopping {
-                if self.workers.is_empty() && self.helpers.is_empty() && self.relay.is_none() {
+                if self.workers.is_empty()
+                    && self.helpers.is_empty()
+                    && self.relay.is_none()
+                    && self.retiring_relays.is_empty()
+                {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    for &pid in self.workers.iter().chain(&self.helpers).chain(&self.relay) {
+                    for &pid in self
+                        .workers
+                        .iter()
+                        .chain(&self.helpers)
+                        .chain(&self.relay)
+                        .chain(&self.retiring_relays)
+                    {
                         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                     self.reap(true);
@@ -273,7 +286,13 @@ impl Daemon {
             .header()
             .relay_clients
             .load(Ordering::Acquire) as usize;
-        self.workers.len() + relayed
+        let in_flight = self
+            .ctx
+            .region
+            .header()
+            .relay_handed
+            .load(Ordering::Acquire) as usize;
+        self.workers.len() + relayed + in_flight
     }
 
     pub(crate) fn is_client(&self, pid: i32) -> bool {
@@ -298,7 +317,13 @@ impl Daemon {
                 let _ = std::fs::remove_file(path);
             }
         }
-        for &pid in self.workers.iter().chain(&self.helpers).chain(&self.relay) {
+        for &pid in self
+            .workers
+            .iter()
+            .chain(&self.helpers)
+            .chain(&self.relay)
+            .chain(&self.retiring_relays)
+        {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
         // Waiting clients sleep on the futex: wake them so they see the flag.
@@ -404,6 +429,18 @@ impl Daemon {
         }
     }
 
+    /// After a configuration change: new clients go to a new relay forked with the new configuration,
+    /// while the old one serves its connected clients unchanged and ends when they are gone (connected
+    /// clients keep their configuration, as workers do).
+    pub(crate) fn replace_relay(&mut self) {
+        let Some(old) = self.relay.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(old), Signal::SIGUSR2);
+        self.retiring_relays.insert(old);
+        self.spawn_relay();
+    }
+
     fn spawn_worker(&mut self, client: OwnedFd, peer: Option<IpAddr>) {
         // The socket stays here unless the child takes it: a failed fork must still answer the client.
         let mut client = Some(client);
@@ -477,6 +514,7 @@ impl Daemon {
                 || self.workers.contains(&owner)
                 || self.helpers.contains(&owner)
                 || self.relay == Some(owner)
+                || self.retiring_relays.contains(&owner)
             {
                 continue;
             }
@@ -556,7 +594,10 @@ impl Daemon {
                 Err(_) => break,
             }
             if block
-                && ((self.workers.is_empty() && self.helpers.is_empty() && self.relay.is_none())
+                && ((self.workers.is_empty()
+                    && self.helpers.is_empty()
+                    && self.relay.is_none()
+                    && self.retiring_relays.is_empty())
                     || Instant::now() >= deadline)
             {
                 break;
@@ -569,6 +610,9 @@ impl Daemon {
     fn child_gone(&mut self, pid: i32) {
         self.workers.remove(&pid);
         self.helpers.remove(&pid);
+        if self.retiring_relays.remove(&pid) {
+            log::debug!("retired transaction relay {pid} ended");
+        }
         let relay_died = self.relay == Some(pid);
         if relay_died {
             self.relay = None;
@@ -579,8 +623,11 @@ impl Daemon {
                     h.relay_clients.load(Ordering::Acquire)
                 );
             }
-            // Its clients' sockets closed with it.
-            h.relay_clients.store(0, Ordering::Release);
+            // Its clients' sockets closed with it (clients still in the channel go to the next relay).
+            // A retiring relay's clients are counted in the same total: leave it then.
+            if self.retiring_relays.is_empty() {
+                h.relay_clients.store(0, Ordering::Release);
+            }
             h.relay_waiting.store(0, Ordering::Release);
         }
         if self.prefill == Some(pid) {

@@ -225,6 +225,7 @@ impl Daemon {
                 if let Err(e) = self.ctx.config.main.set(key, value) {
                     return error(&command, e);
                 }
+                self.replace_relay();
                 if key == "log_level" {
                     log::set_max_level(self.ctx.config.main.log_level.to_filter());
                 }
@@ -492,6 +493,7 @@ impl Daemon {
         crate::logging::set_prefix(&config.main.log_line_prefix);
         self.ctx.config = config;
         self.ctx.secrets = secrets;
+        self.replace_relay();
         log::info!("configuration reloaded: new clients use it, connected ones go on unchanged");
         Ok((warnings, ()))
     }

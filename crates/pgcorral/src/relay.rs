@@ -97,23 +97,29 @@ pub fn hand_over(
         return Err(Box::new((client, None)));
     }
     let h = ctx.region.header();
-    h.relay_clients.fetch_add(1, Ordering::AcqRel);
+    h.relay_handed.fetch_add(1, Ordering::AcqRel);
     match transfer::send_record(channel.send.as_raw_fd(), &record, Some(client.fd)) {
         Ok(()) => Ok(()),
         Err(e) => {
             log::warn!("cannot hand the client to the transaction relay ({e}); relaying it here");
-            sub_client(ctx);
+            decrement(&h.relay_handed);
             Err(Box::new((client, None)))
         }
     }
 }
 
+fn decrement(counter: &std::sync::atomic::AtomicU64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+}
+
+/// A client of the relay left.
 fn sub_client(ctx: &Context) {
-    let _ =
-        ctx.region
-            .header()
-            .relay_clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    decrement(&ctx.region.header().relay_clients);
+}
+
+/// A hand-over record was taken from the channel (the client is admitted or refused next).
+fn took_record(ctx: &Context) {
+    decrement(&ctx.region.header().relay_handed);
 }
 
 // ---- the hand-over record ------------------------------------------------------------------------
@@ -282,11 +288,16 @@ struct Relay<'a> {
     next_recheck: Instant,
     /// Empty looks (with a yield before each) before the relay sleeps in epoll_wait.
     spin: u32,
+    /// Reading the channel failed: read it again on the next turn.
+    channel_retry: bool,
+    /// A successor took over the channel (SIGUSR2 after a reload).
+    retiring: bool,
 }
 
 /// The relay's main loop; returns the process's exit code.
 pub fn run(ctx: &Context) -> i32 {
     IS_RELAY.store(true, Ordering::Relaxed);
+    crate::signals::install_relay();
     crate::title::set(
         ctx.config.main.update_process_title,
         "pgcorral: transaction relay",
@@ -335,6 +346,8 @@ impl<'a> Relay<'a> {
             seen_releases: 0,
             next_recheck: Instant::now(),
             spin: RELAY_SPINS,
+            channel_retry: false,
+            retiring: false,
         })
     }
 
@@ -349,6 +362,25 @@ impl<'a> Relay<'a> {
         loop {
             if STOP_REQUESTED.load(Ordering::Relaxed) {
                 return 0;
+            }
+            if crate::signals::RETIRE_REQUESTED.load(Ordering::Relaxed) {
+                if !self.retiring {
+                    // A reload: main started a relay with the new configuration for new clients.
+                    // This one keeps serving its clients, unchanged, and ends when they are gone.
+                    self.retiring = true;
+                    let _ = self
+                        .poll
+                        .registry()
+                        .deregister(&mut SourceFd(&channel.recv.as_raw_fd()));
+                    crate::title::set(
+                        self.ctx.config.main.update_process_title,
+                        "pgcorral: transaction relay (retiring)",
+                    );
+                    log::debug!("transaction relay retiring: new clients go to its successor");
+                }
+                if self.clients.iter().all(|c| c.is_none()) {
+                    return 0;
+                }
             }
             let mut timeout = if self.queue.is_empty() {
                 Duration::from_secs(1)
@@ -415,6 +447,9 @@ impl<'a> Relay<'a> {
                     _ => {}
                 }
             }
+            if self.channel_retry && !self.retiring {
+                self.accept(channel, &mut ready);
+            }
             ready.sort_unstable();
             ready.dedup();
             for &index in &ready {
@@ -429,8 +464,10 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Takes every client waiting in the channel.
+    /// Takes every client waiting in the channel. The channel is edge-triggered: it is read until
+    /// EAGAIN, and after an error it is read again on the next turn of the loop.
     fn accept(&mut self, channel: &crate::context::RelayChannel, ready: &mut Vec<usize>) {
+        self.channel_retry = false;
         let mut buf = vec![0u8; MAX_RECORD];
         loop {
             let (n, fd) = match transfer::recv_record(channel.recv.as_raw_fd(), &mut buf) {
@@ -438,7 +475,11 @@ impl<'a> Relay<'a> {
                 Err(transfer::TransferError::Io(nix::errno::Errno::EAGAIN)) => return,
                 Err(transfer::TransferError::Io(nix::errno::Errno::EINTR)) => continue,
                 Err(e) => {
+                    // Most likely the record was taken and its socket lost (out of fds: the control
+                    // data was cut): that client is gone.
                     log::warn!("transaction relay: reading the channel failed: {e}");
+                    took_record(self.ctx);
+                    self.channel_retry = true;
                     return;
                 }
             };
@@ -447,9 +488,10 @@ impl<'a> Relay<'a> {
                     return; // every sender is gone (main is stopping)
                 }
                 log::warn!("transaction relay: a hand-over without a socket; ignored");
-                sub_client(self.ctx);
+                took_record(self.ctx);
                 continue;
             };
+            took_record(self.ctx);
             let Some(arrival) = decode(&buf[..n], socket.as_raw_fd()) else {
                 log::warn!("transaction relay: a malformed hand-over record; client closed");
                 crate::security::send_fatal(
@@ -457,7 +499,6 @@ impl<'a> Relay<'a> {
                     "08006",
                     "pgcorral could not hand the connection to its transaction relay",
                 );
-                sub_client(self.ctx);
                 continue;
             };
             if let Some(index) = self.admit(arrival, socket) {
@@ -479,9 +520,13 @@ impl<'a> Relay<'a> {
         ) {
             log::warn!("transaction relay: cannot watch a client: {e}");
             self.free.push(index);
-            sub_client(self.ctx);
             return None;
         }
+        self.ctx
+            .region
+            .header()
+            .relay_clients
+            .fetch_add(1, Ordering::AcqRel);
         let tx = Tx::new(self.ctx, arrival.client, self.shared.clone(), index);
         self.clients[index] = Some(Entry {
             tx,
@@ -513,7 +558,11 @@ impl<'a> Relay<'a> {
                 self.queue.push_back(index);
                 self.hooks().park(key);
                 let h = self.ctx.region.header();
-                h.relay_waiting.store(1, Ordering::Release);
+                if h.relay_waiting.swap(1, Ordering::AcqRel) == 0 {
+                    // A backend freed between the failed checkout and the flag woke nobody: look
+                    // again once the flag is visible.
+                    self.next_recheck = Instant::now();
+                }
                 h.clients_waited.fetch_add(1, Ordering::Relaxed);
             }
             Some(TxEnd::Parked) => {}
@@ -586,8 +635,6 @@ impl<'a> Relay<'a> {
                 }
             }
         }
-        // Whatever the resumed clients gave back is seen: look again only on a new release.
-        self.seen_releases = self.hooks().releases.get();
     }
 
     /// Time until the oldest parked client's blocking_timeout (the queue is in parking order).

@@ -4,7 +4,7 @@
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
@@ -24,6 +24,23 @@ extern "C" fn to_pipe(sig: libc::c_int) {
 
 extern "C" fn request_stop(_sig: libc::c_int) {
     crate::io::STOP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// Set in the transaction relay by SIGUSR2: main started a new relay with a new configuration; this
+/// one takes no new client and ends when its clients are gone.
+pub static RETIRE_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_retire(_sig: libc::c_int) {
+    RETIRE_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// The transaction relay's extra signal: SIGUSR2 retires it.
+pub fn install_relay() {
+    let _ = install(
+        Signal::SIGUSR2,
+        SigHandler::Handler(request_retire),
+        SaFlags::empty(),
+    );
 }
 
 fn install(sig: Signal, handler: SigHandler, flags: SaFlags) -> nix::Result<()> {

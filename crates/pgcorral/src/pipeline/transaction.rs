@@ -672,6 +672,14 @@ impl<'a> Tx<'a> {
                     if self.cin_start < self.cin_end {
                         let before = (self.cin_start, self.to_server.len());
                         if let Flow::End(e) = self.process_client()? {
+                            if e == TxEnd::Parked
+                                && self.client_writable
+                                && self.flush_client().is_err()
+                            {
+                                // What earlier requests' answers the client is owed goes out while
+                                // it waits (it may need them before anything frees a backend).
+                                return Ok(Some(TxEnd::ClientGone));
+                            }
                             return Ok(Some(e));
                         }
                         consumed = (self.cin_start, self.to_server.len()) != before;
@@ -1814,6 +1822,7 @@ impl<'a> Tx<'a> {
                 Ok((_, false)) | Err(_) => {
                     let user = self.c.key.user.clone();
                     pool::kill(ctx, lease);
+                    self.note_release();
                     self.client_error(
                         "08006",
                         &format!(
@@ -1833,11 +1842,13 @@ impl<'a> Tx<'a> {
                     Ok(_) => dirty.set(Dirty::GUC),
                     Err(backend::SetupError::Server(message)) => {
                         pool::give_back(ctx, lease);
+                        self.note_release();
                         self.client_error("22023", &message);
                         return Ok(Flow::End(TxEnd::ProtocolError));
                     }
                     Err(backend::SetupError::Io(_)) => {
                         pool::kill(ctx, lease);
+                        self.note_release();
                         return self.ensure_backend(Wait::Yes);
                     }
                 }
@@ -1849,6 +1860,7 @@ impl<'a> Tx<'a> {
             if let Err(e) = hooks.hold(lease.slot, lease.generation, fd, self.index) {
                 log::warn!("slot {}: cannot watch the backend: {e}", lease.slot);
                 pool::kill(ctx, lease);
+                self.note_release();
                 self.client_error("08006", "pgcorral could not watch a server connection");
                 return Ok(Flow::End(TxEnd::ServerGone));
             }
@@ -1911,6 +1923,14 @@ impl<'a> Tx<'a> {
         }
         if let Some((slot, generation, fd)) = pool::give_back_keeping(ctx, h.lease) {
             self.shared.fds.borrow_mut().put(slot, generation, fd);
+        }
+    }
+
+    /// In the shared relay: a backend was given back or closed outside `take_held` (capacity may be
+    /// free for a parked client).
+    fn note_release(&self) {
+        if let Some(hooks) = self.shared.relay.as_ref() {
+            hooks.releases.set(hooks.releases.get() + 1);
         }
     }
 
