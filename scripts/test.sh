@@ -81,6 +81,11 @@ start=$(date +%s)
 if cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo nextest run --workspace --test-threads $THREADS"
     cargo nextest run --workspace --test-threads "$THREADS" --no-fail-fast
+    # The transaction pipeline's tests again with a worker per client (transaction_relay = worker)
+    # instead of the shared relay. transaction_relay.rs is about the relay itself: not repeated.
+    echo "==> transaction tests again with transaction_relay = worker"
+    PGCORRAL_TEST_TX_RELAY=worker cargo nextest run --workspace --test-threads "$THREADS" --no-fail-fast \
+        -E 'binary(transaction) | binary(transaction_protocol) | binary(transaction_clients) | binary(transaction_counters) | binary(dead_backend)'
 else
     echo "==> cargo test --workspace -- --test-threads $THREADS (cargo-nextest not installed)"
     cargo test --workspace --no-fail-fast -- --test-threads "$THREADS"

@@ -43,6 +43,18 @@ fn the_relay(pooler: &Pgcorral) -> i32 {
     found[0]
 }
 
+/// The error a query ended with: a FATAL comes, then the connection closes (no ReadyForQuery after a
+/// FATAL).
+fn fatal_of(outcome: raw::Outcome) -> raw::ErrorFields {
+    let msgs = match &outcome {
+        raw::Outcome::Closed(m) | raw::Outcome::Error(_, m) => m.clone(),
+        other => panic!("expected a FATAL and a close, got {other:?}"),
+    };
+    msgs.iter()
+        .find_map(|m| m.error())
+        .unwrap_or_else(|| panic!("no ErrorResponse in {msgs:?}"))
+}
+
 /// The `clients_waited` counter of `pgcorral-ctl status`.
 fn clients_waited(pooler: &Pgcorral) -> u64 {
     let line = status_line(pooler, "stats:");
@@ -149,17 +161,8 @@ fn busy_pool_fifo_then_53300() {
     let mut late = raw_login(port, TRUST_USER.user);
     holder.batch_execute("BEGIN; SELECT 1").unwrap();
     let started = Instant::now();
-    let outcome = late.simple_query("SELECT 1");
+    let e = fatal_of(late.simple_query("SELECT 1"));
     let waited = started.elapsed();
-    // The FATAL comes, then the connection closes (no ReadyForQuery after a FATAL).
-    let msgs = match &outcome {
-        raw::Outcome::Closed(m) | raw::Outcome::Error(_, m) => m.clone(),
-        other => panic!("expected FATAL 53300 and a close, got {other:?}"),
-    };
-    let e = msgs
-        .iter()
-        .find_map(|m| m.error())
-        .unwrap_or_else(|| panic!("no ErrorResponse in {msgs:?}"));
     assert_eq!(e.code, "53300", "{e:?}");
     assert_eq!(e.severity, "FATAL", "{e:?}");
     assert!(
@@ -396,16 +399,8 @@ fn reload_starts_a_new_relay_and_the_old_one_drains() {
     let mut new_client = raw_login(port, TRUST_USER.user);
     old_client.batch_execute("BEGIN; SELECT 1").unwrap();
     let started = Instant::now();
-    let outcome = new_client.simple_query("SELECT 1");
+    let e = fatal_of(new_client.simple_query("SELECT 1"));
     let waited = started.elapsed();
-    let msgs = match &outcome {
-        raw::Outcome::Closed(m) | raw::Outcome::Error(_, m) => m.clone(),
-        other => panic!("expected FATAL 53300, got {other:?}"),
-    };
-    let e = msgs
-        .iter()
-        .find_map(|m| m.error())
-        .expect("an ErrorResponse");
     assert_eq!(e.code, "53300", "{e:?}");
     assert!(
         waited < Duration::from_secs(3),

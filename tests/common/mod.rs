@@ -120,11 +120,18 @@ pub fn stderr(o: &Output) -> String {
 
 /// Options for `pipeline = transaction` with a pool of `max_size` backends for `user` in the test
 /// database, plus extra `pgcorral.conf` lines (e.g. `max_prepared_statements = 2`).
+/// `PGCORRAL_TEST_TX_RELAY=worker` runs them with a worker per client instead of the shared relay
+/// (scripts/test.sh runs the transaction tests both ways); lines in `extra_main` win.
 pub fn tx_opts(user: &str, max_size: usize, extra_main: &[&str]) -> PgcorralOptions {
+    let mut extra: Vec<String> = Vec::new();
+    if let Ok(mode) = std::env::var("PGCORRAL_TEST_TX_RELAY") {
+        extra.push(format!("transaction_relay = {mode}"));
+    }
+    extra.extend(extra_main.iter().map(|s| s.to_string()));
     PgcorralOptions {
         pipeline: "transaction",
         limits: vec![format!("{TEST_DB} {user} {max_size}")],
-        extra_main: extra_main.iter().map(|s| s.to_string()).collect(),
+        extra_main: extra,
         ..Default::default()
     }
 }

@@ -203,15 +203,7 @@ impl Daemon {
                     break;
                 }
                 if Instant::now() >= deadline {
-                    for &pid in self
-                        .workers
-                        .iter()
-                        .chain(&self.helpers)
-                        .chain(&self.relay)
-                        .chain(&self.retiring_relays)
-                    {
-                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    }
+                    self.signal_children(Signal::SIGKILL);
                     self.reap(true);
                     break;
                 }
@@ -317,15 +309,7 @@ impl Daemon {
                 let _ = std::fs::remove_file(path);
             }
         }
-        for &pid in self
-            .workers
-            .iter()
-            .chain(&self.helpers)
-            .chain(&self.relay)
-            .chain(&self.retiring_relays)
-        {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+        self.signal_children(Signal::SIGTERM);
         // Waiting clients sleep on the futex: wake them so they see the flag.
         self.ctx.region.notify_release();
     }
@@ -412,6 +396,14 @@ impl Daemon {
                 signals::restore(&blocked);
                 Err(e)
             }
+        }
+    }
+
+    /// Sends `sig` to every child: workers, helpers and relays.
+    fn signal_children(&self, sig: Signal) {
+        let relays = self.relay.iter().chain(&self.retiring_relays);
+        for &pid in self.workers.iter().chain(&self.helpers).chain(relays) {
+            let _ = kill(Pid::from_raw(pid), sig);
         }
     }
 

@@ -55,8 +55,8 @@ static IS_RELAY: AtomicBool = AtomicBool::new(false);
 /// Raises (or lowers) the relay's priority. A woken backend or client otherwise preempts the relay in
 /// the middle of the batch of events one epoll_wait returned, and every transaction behind it waits.
 /// Too high a priority is no better: the relay then drains its events at once and sleeps more often,
-/// and every sleep is a wake-up its writers pay for. -10 was the best of 0, -5, -10, -15 and -20 at
-/// 50 and 200 clients on 2 cores (doc/performance.md).
+/// and every sleep is a wake-up its writers pay for. On 2 cores, 0, -20 and SCHED_FIFO measured worse
+/// than -10; -5 and -15 could not be told from it (doc/performance.md).
 fn set_nice(nice: i32) {
     if nice == 0 {
         return;
