@@ -420,3 +420,23 @@ fn reload_starts_a_new_relay_and_the_old_one_drains() {
     );
     assert_pool_works(&s.pooler);
 }
+
+#[test]
+fn relay_logs_disconnections() {
+    let s = setup(tx_opts(TRUST_USER.user, 2, &["log_disconnections = on"]));
+    let mut c = must_connect(s.pooler.port, TRUST_USER.user, Some(TRUST_USER.password));
+    c.query_one("SELECT 1", &[]).unwrap();
+    drop(c);
+    let line = format!("user={} database={TEST_DB} host=127.0.0.1", TRUST_USER.user);
+    let ok = wait_until(Duration::from_secs(5), || {
+        s.pooler
+            .log()
+            .lines()
+            .any(|l| l.contains("disconnection: session time:") && l.contains(&line))
+    });
+    assert!(
+        ok,
+        "no disconnection line with {line} in:\n{}",
+        s.pooler.log()
+    );
+}

@@ -272,19 +272,10 @@ impl Daemon {
 
     /// Connected clients: workers, and the clients the shared transaction relay serves.
     pub(crate) fn client_count(&self) -> usize {
-        let relayed = self
-            .ctx
-            .region
-            .header()
-            .relay_clients
-            .load(Ordering::Acquire) as usize;
-        let in_flight = self
-            .ctx
-            .region
-            .header()
-            .relay_handed
-            .load(Ordering::Acquire) as usize;
-        self.workers.len() + relayed + in_flight
+        let h = self.ctx.region.header();
+        let relayed =
+            h.relay_clients.load(Ordering::Acquire) + h.relay_handed.load(Ordering::Acquire);
+        self.workers.len() + relayed as usize
     }
 
     pub(crate) fn is_client(&self, pid: i32) -> bool {

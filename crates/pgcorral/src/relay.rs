@@ -24,7 +24,7 @@ use crate::security::BackendCredential;
 use crate::transfer;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use pgcorral_wire::StartupMessage;
+use pgcorral_wire::{parse_startup, StartupRequest};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
@@ -140,13 +140,8 @@ fn encode(c: &TxClient, host: &str) -> Vec<u8> {
     put_str(&mut out, c.key.user.as_bytes());
     put_str(&mut out, c.key.database.as_bytes());
     put_str(&mut out, c.key.options.as_bytes());
-    out.extend_from_slice(&c.startup.major.to_be_bytes());
-    out.extend_from_slice(&c.startup.minor.to_be_bytes());
-    out.extend_from_slice(&(c.startup.params.len() as u32).to_be_bytes());
-    for (k, v) in &c.startup.params {
-        put_str(&mut out, k.as_bytes());
-        put_str(&mut out, v.as_bytes());
-    }
+    // The startup packet without its length word, read back with the wire crate's parser.
+    put_str(&mut out, &c.startup.encode()[4..]);
     match &c.credential {
         None => out.push(0),
         Some(BackendCredential::Password(p)) => {
@@ -187,9 +182,6 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Some(head)
     }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.bytes(2)?.try_into().ok()?))
-    }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.bytes(4)?.try_into().ok()?))
     }
@@ -223,13 +215,11 @@ fn decode(bytes: &[u8], fd: RawFd) -> Option<Arrival> {
     let user = r.string()?;
     let database = r.string()?;
     let options = r.string()?;
-    let major = r.u16()?;
-    let minor = r.u16()?;
-    let count = r.u32()? as usize;
-    let mut params = Vec::with_capacity(count.min(64));
-    for _ in 0..count {
-        params.push((r.string()?, r.string()?));
-    }
+    let packet_len = r.u32()? as usize;
+    let startup = match parse_startup(r.bytes(packet_len)?) {
+        Ok(StartupRequest::Startup(m)) => m,
+        _ => return None,
+    };
     let credential = match r.bytes(1)?[0] {
         0 => None,
         1 => Some(BackendCredential::Password(r.string()?)),
@@ -250,11 +240,7 @@ fn decode(bytes: &[u8], fd: RawFd) -> Option<Arrival> {
             fd,
             key: PoolKey::new(&user, &database, &options),
             rule,
-            startup: StartupMessage {
-                major,
-                minor,
-                params,
-            },
+            startup,
             client_key,
             credential,
         },
@@ -292,6 +278,8 @@ struct Relay<'a> {
     channel_retry: bool,
     /// A successor took over the channel (SIGUSR2 after a reload).
     retiring: bool,
+    /// Where hand-over records are received (allocated once).
+    record_buf: Vec<u8>,
 }
 
 /// The relay's main loop; returns the process's exit code.
@@ -348,6 +336,7 @@ impl<'a> Relay<'a> {
             spin: RELAY_SPINS,
             channel_retry: false,
             retiring: false,
+            record_buf: vec![0u8; MAX_RECORD],
         })
     }
 
@@ -468,9 +457,19 @@ impl<'a> Relay<'a> {
     /// EAGAIN, and after an error it is read again on the next turn of the loop.
     fn accept(&mut self, channel: &crate::context::RelayChannel, ready: &mut Vec<usize>) {
         self.channel_retry = false;
-        let mut buf = vec![0u8; MAX_RECORD];
+        let mut buf = std::mem::take(&mut self.record_buf);
+        self.accept_records(channel, &mut buf, ready);
+        self.record_buf = buf;
+    }
+
+    fn accept_records(
+        &mut self,
+        channel: &crate::context::RelayChannel,
+        buf: &mut [u8],
+        ready: &mut Vec<usize>,
+    ) {
         loop {
-            let (n, fd) = match transfer::recv_record(channel.recv.as_raw_fd(), &mut buf) {
+            let (n, fd) = match transfer::recv_record(channel.recv.as_raw_fd(), buf) {
                 Ok(r) => r,
                 Err(transfer::TransferError::Io(nix::errno::Errno::EAGAIN)) => return,
                 Err(transfer::TransferError::Io(nix::errno::Errno::EINTR)) => continue,
@@ -708,12 +707,11 @@ impl<'a> Relay<'a> {
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0);
             let key = entry.tx.key();
-            log::info!(
-                "disconnection: session time: {:.3} s user={} database={} host={}",
-                now.saturating_sub(entry.handed_at_us) as f64 / 1e6,
-                key.user,
-                key.database,
-                entry.host
+            crate::worker::log_disconnection(
+                Duration::from_micros(now.saturating_sub(entry.handed_at_us)),
+                &key.user,
+                &key.database,
+                &entry.host,
             );
         }
         drop(entry);
@@ -734,6 +732,7 @@ impl<'a> Relay<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgcorral_wire::StartupMessage;
 
     fn client(credential: Option<BackendCredential>) -> TxClient {
         TxClient {

@@ -494,10 +494,7 @@ fn serve(
         let end = pipeline::transaction::run(ctx, client, login);
         log::debug!("transaction session ended: {end:?}");
         if ctx.config.main.log_disconnections {
-            log::info!(
-                "disconnection: session time: {:.3} s user={user} database={database} host={host}",
-                session_started.elapsed().as_secs_f64()
-            );
+            log_disconnection(session_started.elapsed(), &user, &database, &host);
         }
         return 0;
     }
@@ -525,10 +522,7 @@ fn serve(
         end
     );
     if ctx.config.main.log_disconnections {
-        log::info!(
-            "disconnection: session time: {:.3} s user={user} database={database} host={host}",
-            session_started.elapsed().as_secs_f64()
-        );
+        log_disconnection(session_started.elapsed(), &user, &database, &host);
     }
     if poolable
         && end.backend_usable()
@@ -546,6 +540,14 @@ fn serve(
         pool::kill(ctx, lease);
     }
     0
+}
+
+/// The `log_disconnections` line (PostgreSQL's wording), for workers and the transaction relay.
+pub fn log_disconnection(session: std::time::Duration, user: &str, database: &str, host: &str) {
+    log::info!(
+        "disconnection: session time: {:.3} s user={user} database={database} host={host}",
+        session.as_secs_f64()
+    );
 }
 
 fn decode_params(bytes: &[u8]) -> Vec<(&str, &str)> {
