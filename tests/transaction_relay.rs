@@ -137,9 +137,17 @@ fn busy_pool_fifo_then_53300() {
     let base = clients_waited(&s.pooler);
     for (i, mut c) in waiters.into_iter().enumerate() {
         threads.push(std::thread::spawn(move || {
-            c.query_one("SELECT pg_sleep(0.05), statement_timestamp()::text", &[])
-                .map(|r| r.get::<_, String>(1))
-                .map_err(|e| sqlstate(&e))
+            // One simple Query: one turn on the backend. (rust-postgres's query_one takes two, the
+            // prepare and the execute, and its execute queues again behind the other waiters.)
+            let msgs = c
+                .simple_query("SELECT pg_sleep(0.05), statement_timestamp()::text")
+                .map_err(|e| sqlstate(&e))?;
+            msgs.iter()
+                .find_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+                    _ => None,
+                })
+                .ok_or_else(|| "no row".to_string())
         }));
         let ok = wait_until(Duration::from_secs(5), || {
             clients_waited(&s.pooler) == base + i as u64 + 1
