@@ -1014,6 +1014,78 @@ fn no_leak_all_kinds_reset_always() {
     check_no_leak(&ALL_KINDS, &["server_reset_query_always = on"], false);
 }
 
+/// A backend opened by one client keeps the startup parameters the next client needed SET, rather
+/// than being reset to the opener's after every transaction: a run of transactions by clients with
+/// the same application_name pays the SET once per backend, not once per transaction. What each
+/// client sees stays its own (SHOW, after another client changed the backend's parameters, and
+/// after a client's own SET made pgcorral reset the session).
+#[test]
+fn startup_parameters_kept_between_transactions() {
+    let s = setup(tx_opts(TRUST_USER.user, 1, &[]));
+    let (port, cluster_port) = (s.pooler.port, s.cluster.port);
+    run_within(
+        Duration::from_secs(60),
+        "startup parameters on a shared backend",
+        move || kept_parameters_scenario(port, cluster_port),
+    );
+}
+
+/// The application_name and last statement of the user's one backend, seen directly.
+fn backend_app_and_query(admin: &mut Client) -> (String, String) {
+    let row = admin
+        .query_one(
+            "SELECT application_name, query FROM pg_stat_activity WHERE usename = $1 \
+             AND backend_type = 'client backend'",
+            &[&TRUST_USER.user],
+        )
+        .expect("the user's one backend in pg_stat_activity");
+    (row.get(0), row.get(1))
+}
+
+fn kept_parameters_scenario(port: u16, cluster_port: u16) {
+    let mut admin = cluster_admin(cluster_port);
+    let mut opener = connect_app(port, TRUST_USER.user, "opener");
+    assert_eq!(text1(&mut opener, "SHOW application_name"), "opener");
+    let mut second = connect_app(port, TRUST_USER.user, "second");
+    let pid = backend_pid(&mut opener);
+    for i in 0..3 {
+        assert_eq!(backend_pid(&mut second), pid, "pool of one");
+        assert_eq!(
+            text1(
+                &mut second,
+                &format!("SELECT current_setting('application_name') || ' {i}'")
+            ),
+            format!("second {i}")
+        );
+        // After the transaction the backend still has "second", and nothing ran on it since the
+        // client's statement (no reset back to "opener").
+        let (app, query) = backend_app_and_query(&mut admin);
+        assert_eq!(
+            app, "second",
+            "after transaction {i} of client 'second' the backend's application_name is '{app}' \
+             (last statement: {query})"
+        );
+        assert!(
+            query.contains(&format!("' {i}'")),
+            "a statement ran on the backend after client 'second's transaction {i}: {query}"
+        );
+    }
+    // The opener gets its own name back, and a client without application_name gets none.
+    assert_eq!(text1(&mut opener, "SHOW application_name"), "opener");
+    let mut anonymous = must_connect(port, TRUST_USER.user, None);
+    assert_eq!(text1(&mut anonymous, "SHOW application_name"), "");
+    assert_eq!(text1(&mut second, "SHOW application_name"), "second");
+    // A client's own SET makes pgcorral reset the session after the transaction (RESET ALL takes
+    // the backend back to the opener's parameters): the next client still sees its own.
+    let work_mem = text1(&mut anonymous, "SHOW work_mem");
+    a_run(&mut second, "SET work_mem = '7MB'");
+    assert_eq!(text1(&mut anonymous, "SHOW work_mem"), work_mem);
+    assert_eq!(text1(&mut anonymous, "SHOW application_name"), "");
+    assert_eq!(text1(&mut second, "SHOW application_name"), "second");
+    assert_eq!(text1(&mut second, "SHOW work_mem"), work_mem);
+    assert_eq!(text1(&mut opener, "SHOW application_name"), "opener");
+}
+
 /// Transaction pooling proper: two clients connected at once on a pool of one backend take turns
 /// on it (same pg_backend_pid) without waiting for each other to disconnect; while A has a
 /// transaction open, B's query waits, and runs as soon as A commits.

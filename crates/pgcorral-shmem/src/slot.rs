@@ -134,6 +134,12 @@ pub struct SlotData {
     pub startup: FixedBytes<STARTUP_LEN>,
     /// ParameterStatus messages the backend sent at startup, as received.
     pub params: FixedBytes<PARAMS_LEN>,
+    /// When `current_set` is 1: the startup parameters the backend's session has now, because a
+    /// client with other parameters SET them (transaction pipeline). Keeping them, instead of
+    /// resetting after every transaction, means clients with the same parameters pay the SET once
+    /// per backend, not once per transaction.
+    pub current: FixedBytes<STARTUP_LEN>,
+    pub current_set: u8,
 }
 
 impl Default for SlotData {
@@ -147,6 +153,27 @@ impl SlotData {
     /// The authentication method recorded for this backend.
     pub fn auth(&self) -> AuthMethod {
         AuthMethod::from_u8(self.auth_method)
+    }
+
+    /// The startup parameters the backend's session has now, as `name\0value\0` pairs.
+    pub fn session_params(&self) -> &[u8] {
+        if self.current_set != 0 {
+            self.current.get()
+        } else {
+            self.startup.get()
+        }
+    }
+
+    /// Records that the session's parameters are now `encoded` (false, and nothing recorded, when
+    /// they do not fit: the caller must then reset the session after use).
+    pub fn set_session_params(&mut self, encoded: &[u8]) -> bool {
+        self.current_set = self.current.set(encoded) as u8;
+        self.current_set != 0
+    }
+
+    /// Records that the session is back at the parameters it was opened with (RESET ALL, DISCARD ALL).
+    pub fn forget_session_params(&mut self) {
+        self.current_set = 0;
     }
 }
 

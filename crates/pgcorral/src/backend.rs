@@ -277,6 +277,7 @@ pub fn record_new_backend(
         d.password_salt = login.password_salt;
         d.password_hash = login.password_hash;
         recorded &= d.startup.set(&encode_params(startup));
+        d.forget_session_params();
         recorded &= d.params.set(&login.params);
     });
     slot.set_backend_key(login.backend_key.0, login.backend_key.1);

@@ -568,10 +568,10 @@ fn quote_ident(v: &str) -> String {
     format!("\"{}\"", v.replace('"', "\"\""))
 }
 
-/// SET statements that make a pooled backend (opened with `record`'s startup parameters) match the new
+/// SET statements that make a pooled backend (whose session has `record`'s parameters) match the new
 /// client's startup parameters.
 pub(crate) fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
-    let old = decode_params(record.startup.get());
+    let old = decode_params(record.session_params());
     let mut sql = String::new();
     for (k, v) in &startup.params {
         if matches!(k.as_str(), "user" | "database" | "options" | "replication") {

@@ -606,10 +606,20 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// After SETs made a backend's session match this client's startup parameters: records that in
+    /// the slot, so the backend keeps them and the next client with the same parameters needs no
+    /// SET. False when they could not be recorded (the session must then be reset after use).
+    fn keep_session_params(&self, slot: usize) -> bool {
+        self.ctx
+            .region
+            .slot_data(slot)
+            .with_data_mut(|d| d.set_session_params(&self.startup_encoded))
+    }
+
     /// Takes the login's idle backend and gives it back at once (before waiting for the client).
     fn adopt_login(&mut self, login: LoginBackend) {
         let mut dirty = Dirty::default();
-        if login.setup_applied {
+        if login.setup_applied && !self.keep_session_params(login.lease.slot) {
             dirty.set(Dirty::GUC);
         }
         self.held = Some(Held {
@@ -1839,7 +1849,11 @@ impl<'a> Tx<'a> {
             if !setup.is_empty() {
                 let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
                 match backend::run_setup(fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
-                    Ok(_) => dirty.set(Dirty::GUC),
+                    Ok(_) => {
+                        if !self.keep_session_params(lease.slot) {
+                            dirty.set(Dirty::GUC);
+                        }
+                    }
                     Err(backend::SetupError::Server(message)) => {
                         pool::give_back(ctx, lease);
                         self.note_release();
@@ -1893,16 +1907,18 @@ impl<'a> Tx<'a> {
             .slot_stats(h.lease.slot)
             .add(h.queries, counted as u64);
         let main = &ctx.config.main;
-        let (sql, drops_statements) = if main.server_reset_query_always {
+        let (sql, drops_statements, resets_params) = if main.server_reset_query_always {
             let q = main.server_reset_query.to_ascii_uppercase();
             (
                 main.server_reset_query.clone(),
                 q.contains("DISCARD") || q.contains("DEALLOCATE"),
+                q.contains("DISCARD ALL") || q.contains("RESET ALL"),
             )
         } else {
             (
                 h.dirty.reset_sql(),
                 h.dirty.has(Dirty::SQL_PREPARE) || h.lost_statements,
+                h.dirty.has(Dirty::GUC),
             )
         };
         if drops_statements || h.lost_statements {
@@ -1919,6 +1935,12 @@ impl<'a> Tx<'a> {
                 );
                 pool::kill(ctx, h.lease);
                 return;
+            }
+            if resets_params {
+                // The session is back at the parameters the backend was opened with.
+                ctx.region
+                    .slot_data(h.lease.slot)
+                    .with_data_mut(|d| d.forget_session_params());
             }
         }
         if let Some((slot, generation, fd)) = pool::give_back_keeping(ctx, h.lease) {
@@ -2085,11 +2107,11 @@ impl<'a> Tx<'a> {
 }
 
 /// SET statements that make a pooled backend match this client's startup parameters (`encoded`: the
-/// same parameters as a slot records them, to skip the work when the backend was opened with exactly
-/// these, as it is for every transaction of a uniform pool).
+/// same parameters as a slot records them, to skip the work when the backend's session already has
+/// exactly these, as it does for every transaction of a uniform pool).
 fn slot_setup(ctx: &Context, slot: usize, startup: &StartupMessage, encoded: &[u8]) -> String {
     ctx.region.slot_data(slot).with_data(|record| {
-        if record.startup.get() == encoded {
+        if record.session_params() == encoded {
             String::new()
         } else {
             crate::worker::setup_sql(startup, record)
