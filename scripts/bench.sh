@@ -549,6 +549,20 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 median() { tr ' ' '\n' | sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) printf "%.1f", v[(NR+1)/2]; else printf "%.1f", (v[NR/2]+v[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a/b; else printf "n/a"}'; }
+# The pgcorral/PgBouncer ratio a pooler that used no CPU at all would reach against PgBouncer
+# ($1 TPS, $2 µs of CPU per transaction), if the rest of the machine's work per transaction stayed
+# the same: the machine's CPU time per transaction (NCPU / TPS) over that time less PgBouncer's own.
+# Meaningful only when the machine is saturated, as it is when pgbench, PostgreSQL and the pooler
+# share $NCPU cores.
+NCPU=$(nproc)
+ceiling() {
+    awk -v tps="$1" -v cpu="$2" -v n="$NCPU" 'BEGIN {
+        if (tps !~ /^[0-9.]+$/ || cpu !~ /^[0-9.]+$/ || tps <= 0) { printf "n/a"; exit }
+        budget = n * 1e6 / tps
+        if (budget <= cpu) { printf "n/a"; exit }
+        printf "%.2f", budget / (budget - cpu)
+    }'
+}
 
 # ---------------------------------------------------------------------------------------------
 # Worker memory under load
@@ -619,13 +633,15 @@ report() {
     echo
     echo "Median TPS over $ROUNDS round(s) of ${DURATION} s per run; pooler CPU in µs per transaction"
     echo "(user + system time of the pooler's processes, pgcorral's workers included, over the run)."
+    echo "Ceiling: the pgcorral/pgbouncer ratio a pooler using no CPU at all would reach on this machine,"
+    echo "if everything else stayed the same: ($NCPU cores / pgbouncer TPS) / (that - pgbouncer CPU per tx)."
     echo
     local sc d c b label cu bu
     if [ -n "${TX_SCENARIOS[*]}" ]; then
         echo "### Transaction pooling (pool of $TX_POOL_SIZE server connections)"
         echo
-        echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral CPU µs/tx | pgbouncer CPU µs/tx |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral CPU µs/tx | pgbouncer CPU µs/tx | ceiling |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         for sc in "${TX_SCENARIOS[@]}"; do
             d=$(echo "${TPS[$sc/direct]}" | median)
             c=$(echo "${TPS[$sc/pgcorral-tx]}" | median)
@@ -645,15 +661,15 @@ report() {
             tx-N-*) label="-N -M simple, ${SC_CLIENTS[$sc]} clients" ;;
             tx-prep-*) label="-S -M prepared, ${SC_CLIENTS[$sc]} clients" ;;
             esac
-            echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $cu | $bu |"
+            echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $cu | $bu | $(ceiling "$b" "$bu") |"
         done
         echo
     fi
     [ -n "$CLIENTS$CONNECT_CLIENTS" ] && {
     echo "### Session pooling (pgbench -S, pool of $POOL_SIZE)"
     echo
-    echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral/direct |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral/direct | pgcorral CPU µs/tx | pgbouncer CPU µs/tx | ceiling |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for sc in "${SCENARIOS[@]}"; do
         case "$sc" in tx-*) continue ;; esac
         d=$(echo "${TPS[$sc/direct]}" | median)
@@ -664,7 +680,9 @@ report() {
         extended-*) label="-M extended, ${SC_CLIENTS[$sc]} clients" ;;
         connect-*) label="-C -M simple, ${SC_CLIENTS[$sc]} clients" ;;
         esac
-        echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $(ratio "$c" "$d") |"
+        cu=$(echo "${CPU_US[$sc/pgcorral]}" | median)
+        bu=$(echo "${CPU_US[$sc/pgbouncer]}" | median)
+        echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $(ratio "$c" "$d") | $cu | $bu | $(ceiling "$b" "$bu") |"
     done
     echo
     }
