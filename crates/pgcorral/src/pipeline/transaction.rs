@@ -1985,12 +1985,13 @@ impl<'a> Tx<'a> {
             pool::kill(ctx, h.lease);
             return;
         }
-        if end == TxEnd::ClientTerminated
-            && matches!(self.cmsg, ClientMessage::Boundary)
-            && self.to_server_at < self.to_server.len()
+        if matches!(self.cmsg, ClientMessage::Boundary) && self.to_server_at < self.to_server.len()
         {
-            // What the client sent before its Terminate still goes to the server, as it would
-            // without a pooler.
+            // Whole messages the client sent before its Terminate or its close still go to the
+            // server, as they would without a pooler: their answers are already expected, and the
+            // drain below rolls back what they did. (The relay can read a batch and the client's
+            // close in one step, before it wrote the batch on; judging the backend half-written
+            // then would close a backend that is fine.)
             let fd = self.held_fd();
             let deadline = Instant::now() + backend::RESET_TIMEOUT;
             if crate::io::write_all(fd, &self.to_server[self.to_server_at..], deadline).is_ok() {
