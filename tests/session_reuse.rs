@@ -8,15 +8,6 @@ use common::*;
 use pgcorral_testkit::raw::{query, startup_message, Message, Outcome, RawConn};
 use std::time::Duration;
 
-fn parameter(msgs: &[Message], name: &str) -> Option<String> {
-    msgs.iter().filter(|m| m.tag == b'S').find_map(|m| {
-        let mut parts = m.body.split(|&b| b == 0);
-        let k = parts.next()?;
-        let v = parts.next()?;
-        (k == name.as_bytes()).then(|| String::from_utf8_lossy(v).into_owned())
-    })
-}
-
 /// Logs in with raw bytes, returning the connection and the login messages.
 fn login(port: u16, app: Option<&str>) -> (RawConn, Vec<Message>) {
     let mut c = RawConn::connect(port);

@@ -1084,6 +1084,104 @@ fn kept_parameters_scenario(port: u16, cluster_port: u16) {
     assert_eq!(text1(&mut second, "SHOW application_name"), "second");
     assert_eq!(text1(&mut second, "SHOW work_mem"), work_mem);
     assert_eq!(text1(&mut opener, "SHOW application_name"), "opener");
+    // The backend's session has "second" again; a new "second" client's login must report its
+    // own application_name, not the opener's the slot recorded when the backend was opened.
+    assert_eq!(text1(&mut second, "SHOW application_name"), "second");
+    let (_late, msgs) = raw_login_params(port, TRUST_USER.user, &[("application_name", "second")]);
+    assert_eq!(
+        parameter(&msgs, "application_name").as_deref(),
+        Some("second"),
+        "the login of a second 'second' client reported another application_name"
+    );
+}
+
+/// A startup parameter one client sent and the next did not is not inherited: the next client
+/// sees the server's default, as on a backend of its own.
+#[test]
+fn startup_parameters_of_an_earlier_client_are_not_inherited() {
+    let s = setup(tx_opts(TRUST_USER.user, 1, &[]));
+    let port = s.pooler.port;
+    run_within(Duration::from_secs(60), "inherited parameters", move || {
+        let mut plain = connect_app(port, TRUST_USER.user, "plain");
+        let default_digits = text1(&mut plain, "SHOW extra_float_digits");
+        let default_style = text1(&mut plain, "SHOW IntervalStyle");
+        let (mut tuned, msgs) = raw_login_params(
+            port,
+            TRUST_USER.user,
+            &[
+                ("application_name", "tuned"),
+                ("extra_float_digits", "0"),
+                ("IntervalStyle", "iso_8601"),
+            ],
+        );
+        assert_eq!(
+            parameter(&msgs, "IntervalStyle").as_deref(),
+            Some("iso_8601")
+        );
+        let show = |c: &mut raw::RawConn, sql: &str| -> String {
+            match c.simple_query(sql) {
+                Outcome::Ready(m) => data_rows(&m)
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .unwrap_or_else(|| panic!("{sql}: no row")),
+                other => panic!("{sql}: {other:?}"),
+            }
+        };
+        assert_eq!(show(&mut tuned, "SHOW extra_float_digits"), "0");
+        for round in 0..2 {
+            assert_eq!(
+                text1(&mut plain, "SHOW extra_float_digits"),
+                default_digits,
+                "round {round}: client 'plain' inherited extra_float_digits from 'tuned'"
+            );
+            assert_eq!(text1(&mut plain, "SHOW IntervalStyle"), default_style);
+            assert_eq!(show(&mut tuned, "SHOW IntervalStyle"), "iso_8601");
+        }
+        // A login right after 'tuned' used the backend reports the server's values.
+        let (_next, msgs) =
+            raw_login_params(port, TRUST_USER.user, &[("application_name", "next")]);
+        assert_eq!(
+            parameter(&msgs, "IntervalStyle").as_deref(),
+            Some(default_style.as_str()),
+            "a login after 'tuned' reported its IntervalStyle"
+        );
+    });
+}
+
+/// `server_reset_query_always` with a query that resets no settings (`DEALLOCATE ALL`): a client's
+/// own `SET application_name` or `RESET application_name` does not reach the next client with the
+/// same startup parameters.
+#[test]
+fn reset_always_with_a_custom_query_resets_settings() {
+    let s = setup(tx_opts(
+        TRUST_USER.user,
+        1,
+        &[
+            "server_reset_query_always = on",
+            "server_reset_query = DEALLOCATE ALL",
+        ],
+    ));
+    let port = s.pooler.port;
+    run_within(Duration::from_secs(60), "custom reset query", move || {
+        let mut opener = connect_app(port, TRUST_USER.user, "opener");
+        assert_eq!(text1(&mut opener, "SHOW application_name"), "opener");
+        let mut one = connect_app(port, TRUST_USER.user, "second");
+        let mut two = connect_app(port, TRUST_USER.user, "second");
+        assert_eq!(text1(&mut one, "SHOW application_name"), "second");
+        a_run(&mut one, "SET application_name = 'changed'");
+        assert_eq!(
+            text1(&mut two, "SHOW application_name"),
+            "second",
+            "client one's SET application_name reached client two"
+        );
+        a_run(&mut one, "RESET application_name");
+        assert_eq!(
+            text1(&mut two, "SHOW application_name"),
+            "second",
+            "client one's RESET application_name reached client two"
+        );
+        assert_eq!(text1(&mut opener, "SHOW application_name"), "opener");
+    });
 }
 
 /// Transaction pooling proper: two clients connected at once on a pool of one backend take turns

@@ -349,3 +349,32 @@ pub fn describe(o: &Output) -> String {
         stderr(o)
     )
 }
+
+/// The value of a ParameterStatus among messages a raw client read (e.g. its login's).
+pub fn parameter(msgs: &[raw::Message], name: &str) -> Option<String> {
+    msgs.iter().filter(|m| m.tag == b'S').find_map(|m| {
+        let mut parts = m.body.split(|&b| b == 0);
+        let k = parts.next()?;
+        let v = parts.next()?;
+        (k == name.as_bytes()).then(|| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+/// A raw protocol client logged in (trust) through pgcorral with these startup parameters besides
+/// user and database; the login's messages with it. 10 s read timeout.
+pub fn raw_login_params(
+    port: u16,
+    user: &str,
+    params: &[(&str, &str)],
+) -> (raw::RawConn, Vec<raw::Message>) {
+    let mut c = raw::RawConn::connect(port);
+    c.set_read_timeout(Duration::from_secs(10));
+    let mut all = vec![("user", user), ("database", TEST_DB)];
+    all.extend_from_slice(params);
+    c.send(&raw::startup_message(&all))
+        .unwrap_or_else(|e| panic!("raw: sending StartupMessage to port {port}: {e}"));
+    match c.read_until_ready(None) {
+        raw::Outcome::Ready(msgs) => (c, msgs),
+        other => panic!("raw login as {user} with {params:?} through port {port}: {other:?}"),
+    }
+}

@@ -139,6 +139,8 @@ pub struct SlotData {
     /// resetting after every transaction, means clients with the same parameters pay the SET once
     /// per backend, not once per transaction.
     pub current: FixedBytes<STARTUP_LEN>,
+    /// With `current`: the ParameterStatus values of the session now (what a login's greeting reports).
+    pub current_params: FixedBytes<PARAMS_LEN>,
     pub current_set: u8,
 }
 
@@ -164,11 +166,22 @@ impl SlotData {
         }
     }
 
-    /// Records that the session's parameters are now `encoded` (false, and nothing recorded, when
-    /// they do not fit: the caller must then reset the session after use).
-    pub fn set_session_params(&mut self, encoded: &[u8]) -> bool {
-        self.current_set = self.current.set(encoded) as u8;
-        self.current_set != 0
+    /// The ParameterStatus messages that describe the session now.
+    pub fn session_reported(&self) -> &[u8] {
+        if self.current_set != 0 {
+            self.current_params.get()
+        } else {
+            self.params.get()
+        }
+    }
+
+    /// Records that the session's startup parameters are now `encoded`, reported by the server as the
+    /// ParameterStatus messages `reported` (false, and nothing recorded, when they do not fit: the
+    /// caller must then reset the session after use).
+    pub fn set_session_params(&mut self, encoded: &[u8], reported: &[u8]) -> bool {
+        let fits = self.current.set(encoded) && self.current_params.set(reported);
+        self.current_set = fits as u8;
+        fits
     }
 
     /// Records that the session is back at the parameters it was opened with (RESET ALL, DISCARD ALL).

@@ -297,6 +297,9 @@ fn serve(
     let server = &ctx.config.servers[server_index];
     let poolable;
     let mut setup_applied = false;
+    // After SETs at login: the session's ParameterStatus values, for the transaction pipeline's
+    // record of the session.
+    let mut session_reported = None;
     if lease.fresh && verified_by_pooler {
         let Some(credential) = backend_credential.as_ref() else {
             pool::kill(ctx, lease);
@@ -419,8 +422,10 @@ fn serve(
         }
         let mut greeting = Vec::with_capacity(1024);
         messages::authentication_ok(&mut greeting);
-        for (k, v) in merged_params(record.params.get(), &changed) {
-            messages::parameter_status(&mut greeting, &k, &v);
+        let reported = reported_params(record.session_reported(), &changed);
+        greeting.extend_from_slice(&reported);
+        if setup_applied {
+            session_reported = Some(reported);
         }
         messages::backend_key_data(&mut greeting, client_key.0, client_key.1);
         messages::ready_for_query(&mut greeting, b'I');
@@ -430,7 +435,12 @@ fn serve(
         });
         slot.set_client_key(client_key.0, client_key.1);
         if write_all(fd, &greeting, auth_deadline).is_err() {
-            pool::give_back(ctx, lease);
+            if setup_applied {
+                // The session has this client's parameters, which nobody will reset: close it.
+                pool::kill(ctx, lease);
+            } else {
+                pool::give_back(ctx, lease);
+            }
             return 1;
         }
         poolable = true;
@@ -470,6 +480,7 @@ fn serve(
             Some(pipeline::transaction::LoginBackend {
                 lease,
                 setup_applied,
+                session_reported,
             })
         } else {
             pool::kill(ctx, lease);
@@ -571,7 +582,14 @@ fn quote_ident(v: &str) -> String {
 /// SET statements that make a pooled backend (whose session has `record`'s parameters) match the new
 /// client's startup parameters.
 pub(crate) fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
-    let old = decode_params(record.session_params());
+    session_setup(startup, record.session_params(), record.startup.get())
+}
+
+/// SET and RESET statements that take a session with the startup parameters `session` to the
+/// client's; `opener`: the parameters the backend was opened with (what RESET goes back to).
+fn session_setup(startup: &StartupMessage, session: &[u8], opener: &[u8]) -> String {
+    let old = decode_params(session);
+    let opener = decode_params(opener);
     let mut sql = String::new();
     for (k, v) in &startup.params {
         if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
@@ -586,6 +604,17 @@ pub(crate) fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
             backend::quote_literal(v)
         ));
     }
+    // What an earlier client set and this one did not send goes back to the opener's value, as if
+    // this client had the backend to itself from its start (application_name: below).
+    for (k, v) in &old {
+        if *k == "application_name" || startup.get(k).is_some() {
+            continue;
+        }
+        if opener.iter().any(|(ok, ov)| ok == k && ov == v) {
+            continue;
+        }
+        sql.push_str(&format!("RESET {};", quote_ident(k)));
+    }
     // A client that sent no application_name must not inherit the previous one.
     if startup.get("application_name").is_none()
         && old
@@ -595,6 +624,16 @@ pub(crate) fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
         sql.push_str("SET application_name TO '';");
     }
     sql
+}
+
+/// ParameterStatus messages for the recorded ones (`recorded`, as received) with the changes a
+/// server reported since applied.
+pub(crate) fn reported_params(recorded: &[u8], changed: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(recorded.len() + 64);
+    for (k, v) in merged_params(recorded, changed) {
+        messages::parameter_status(&mut out, &k, &v);
+    }
+    out
 }
 
 /// The recorded ParameterStatus values with the changes applied.
@@ -708,6 +747,30 @@ mod tests {
         );
         let third = startup(&[("user", "u")]);
         assert_eq!(setup_sql(&third, &rec), "SET application_name TO '';");
+    }
+
+    #[test]
+    fn setup_resets_what_an_earlier_client_set() {
+        let opener = startup(&[
+            ("user", "u"),
+            ("application_name", "o"),
+            ("DateStyle", "ISO"),
+        ]);
+        let mut rec = record_for(&opener);
+        let earlier = startup(&[
+            ("user", "u"),
+            ("application_name", "e"),
+            ("extra_float_digits", "3"),
+            ("DateStyle", "ISO"),
+        ]);
+        assert!(rec.set_session_params(&backend::encode_params(&earlier), b""));
+        let next = startup(&[("user", "u"), ("application_name", "e")]);
+        // extra_float_digits goes back to the opener's (none); DateStyle already is the opener's;
+        // application_name is already the client's.
+        assert_eq!(setup_sql(&next, &rec), "RESET \"extra_float_digits\";");
+        // Once the session is back at the opener's parameters, only what differs from those counts.
+        rec.forget_session_params();
+        assert_eq!(setup_sql(&next, &rec), "SET \"application_name\" TO 'e';");
     }
 
     #[test]

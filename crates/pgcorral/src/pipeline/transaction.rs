@@ -321,6 +321,8 @@ pub struct LoginBackend {
     pub lease: Lease,
     /// The login ran SET statements to match the client's startup parameters (undo them).
     pub setup_applied: bool,
+    /// With `setup_applied`: the session's ParameterStatus values after the SETs.
+    pub session_reported: Option<Vec<u8>>,
 }
 
 /// What the transactions of one process share: its copies of backend sockets and, in the shared
@@ -609,17 +611,21 @@ impl<'a> Tx<'a> {
     /// After SETs made a backend's session match this client's startup parameters: records that in
     /// the slot, so the backend keeps them and the next client with the same parameters needs no
     /// SET. False when they could not be recorded (the session must then be reset after use).
-    fn keep_session_params(&self, slot: usize) -> bool {
+    fn keep_session_params(&self, slot: usize, reported: &[u8]) -> bool {
         self.ctx
             .region
             .slot_data(slot)
-            .with_data_mut(|d| d.set_session_params(&self.startup_encoded))
+            .with_data_mut(|d| d.set_session_params(&self.startup_encoded, reported))
     }
 
     /// Takes the login's idle backend and gives it back at once (before waiting for the client).
     fn adopt_login(&mut self, login: LoginBackend) {
         let mut dirty = Dirty::default();
-        if login.setup_applied && !self.keep_session_params(login.lease.slot) {
+        let kept = match login.session_reported.as_deref() {
+            Some(reported) => self.keep_session_params(login.lease.slot, reported),
+            None => false,
+        };
+        if login.setup_applied && !kept {
             dirty.set(Dirty::GUC);
         }
         self.held = Some(Held {
@@ -1849,8 +1855,11 @@ impl<'a> Tx<'a> {
             if !setup.is_empty() {
                 let fd = lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
                 match backend::run_setup(fd, &setup, Instant::now() + backend::RESET_TIMEOUT) {
-                    Ok(_) => {
-                        if !self.keep_session_params(lease.slot) {
+                    Ok(changed) => {
+                        let reported = ctx.region.slot_data(lease.slot).with_data(|d| {
+                            crate::worker::reported_params(d.session_reported(), &changed)
+                        });
+                        if !self.keep_session_params(lease.slot, &reported) {
                             dirty.set(Dirty::GUC);
                         }
                     }
@@ -1908,12 +1917,23 @@ impl<'a> Tx<'a> {
             .add(h.queries, counted as u64);
         let main = &ctx.config.main;
         let (sql, drops_statements, resets_params) = if main.server_reset_query_always {
-            let q = main.server_reset_query.to_ascii_uppercase();
-            (
-                main.server_reset_query.clone(),
-                q.contains("DISCARD") || q.contains("DEALLOCATE"),
-                q.contains("DISCARD ALL") || q.contains("RESET ALL"),
-            )
+            let q = main
+                .server_reset_query
+                .split_ascii_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_ascii_uppercase();
+            let mut sql = main.server_reset_query.trim().to_string();
+            if !(q.contains("DISCARD ALL") || q.contains("RESET ALL")) {
+                // A query that does not reset every setting could leave this client's SETs, or
+                // reset only some of them: either way the slot's record of the session's
+                // parameters would be wrong. Reset them all, with the query, in one round trip.
+                if !sql.is_empty() && !sql.ends_with(';') {
+                    sql.push(';');
+                }
+                sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
+            }
+            (sql, q.contains("DISCARD") || q.contains("DEALLOCATE"), true)
         } else {
             (
                 h.dirty.reset_sql(),
