@@ -159,6 +159,49 @@ fn check_client_leaves_mid_transaction(pipeline: &'static str) {
     );
 }
 
+/// With a `server_reset_query` that resets no settings (empty here), the SET that adapted a pooled
+/// backend to one client's application_name is still undone when that client leaves: the next
+/// client with the opener's application_name sees its own, in the session and in its greeting.
+fn check_setup_undone_without_reset_query(pipeline: &'static str) {
+    let mut o = opts(pipeline, &["pgcorral_test trust_user 1"]);
+    o.extra_main.push("server_reset_query =".to_string());
+    let s = setup(o);
+    let port = s.pooler.port;
+    let (mut a, _) = login(port, Some("alpha"));
+    let pid = one_value(&mut a, "SELECT pg_backend_pid()");
+    let _ = a.send(&pgcorral_testkit::raw::terminate());
+    drop(a);
+    let (mut b, _) = login(port, Some("beta"));
+    assert_eq!(one_value(&mut b, "SHOW application_name"), "beta");
+    let _ = b.send(&pgcorral_testkit::raw::terminate());
+    drop(b);
+    let (mut c, msgs) = login(port, Some("alpha"));
+    assert_eq!(
+        one_value(&mut c, "SELECT pg_backend_pid()"),
+        pid,
+        "{pipeline}: the one backend is reused"
+    );
+    assert_eq!(
+        one_value(&mut c, "SHOW application_name"),
+        "alpha",
+        "{pipeline}: the previous client's application_name survived an empty server_reset_query"
+    );
+    assert_eq!(
+        parameter(&msgs, "application_name").as_deref(),
+        Some("alpha")
+    );
+}
+
+#[test]
+fn setup_undone_without_reset_query_performance() {
+    check_setup_undone_without_reset_query("performance");
+}
+
+#[test]
+fn setup_undone_without_reset_query_session() {
+    check_setup_undone_without_reset_query("session");
+}
+
 #[test]
 fn startup_parameters_performance() {
     check_startup_parameters("performance");

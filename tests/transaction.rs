@@ -1095,8 +1095,8 @@ fn kept_parameters_scenario(port: u16, cluster_port: u16) {
     );
 }
 
-/// A startup parameter one client sent and the next did not is not inherited: the next client
-/// sees the server's default, as on a backend of its own.
+/// A startup parameter one client sent and the next did not is not inherited: the next client sees
+/// the value the backend was opened with (here the server's default, the opener not sending it).
 #[test]
 fn startup_parameters_of_an_earlier_client_are_not_inherited() {
     let s = setup(tx_opts(TRUST_USER.user, 1, &[]));
@@ -1148,7 +1148,8 @@ fn startup_parameters_of_an_earlier_client_are_not_inherited() {
     });
 }
 
-/// `server_reset_query_always` with a query that resets no settings (`DEALLOCATE ALL`): a client's
+/// `server_reset_query_always` with a query that resets no settings (`DEALLOCATE ALL`, with a
+/// comment): a client's
 /// own `SET application_name` or `RESET application_name` does not reach the next client with the
 /// same startup parameters.
 #[test]
@@ -1158,7 +1159,8 @@ fn reset_always_with_a_custom_query_resets_settings() {
         1,
         &[
             "server_reset_query_always = on",
-            "server_reset_query = DEALLOCATE ALL",
+            // A trailing comment must not swallow what pgcorral adds.
+            "server_reset_query = DEALLOCATE ALL -- custom",
         ],
     ));
     let port = s.pooler.port;

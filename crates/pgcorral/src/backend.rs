@@ -168,6 +168,30 @@ pub fn clean(
     end.last_status == b'I'
 }
 
+/// `query` followed by `SET SESSION AUTHORIZATION DEFAULT; RESET ALL` unless it already resets every
+/// setting (`DISCARD ALL`, `RESET ALL`), so that no setting survives it; with whether the query
+/// deallocates prepared statements (`DISCARD`, `DEALLOCATE`).
+pub fn resetting_all(query: &str) -> (String, bool) {
+    let words = query
+        .split_ascii_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_uppercase();
+    let mut sql = query.trim().to_string();
+    if !(words.contains("DISCARD ALL") || words.contains("RESET ALL")) {
+        // A new line first: the query may end in a -- comment. The empty statement a second
+        // semicolon makes is allowed.
+        if !sql.is_empty() {
+            sql.push_str("\n;");
+        }
+        sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
+    }
+    (
+        sql,
+        words.contains("DISCARD") || words.contains("DEALLOCATE"),
+    )
+}
+
 /// Why preparing a pooled backend for a client failed.
 #[derive(Debug)]
 pub enum SetupError {
@@ -345,5 +369,37 @@ pub fn quote_literal(v: &str) -> String {
         format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
     } else {
         format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resetting_all;
+
+    #[test]
+    fn reset_queries_reset_every_setting() {
+        assert_eq!(
+            resetting_all("DISCARD ALL"),
+            ("DISCARD ALL".to_string(), true)
+        );
+        assert_eq!(
+            resetting_all(" discard\n  all; "),
+            ("discard\n  all;".to_string(), true)
+        );
+        assert_eq!(
+            resetting_all("DEALLOCATE ALL -- ours"),
+            (
+                "DEALLOCATE ALL -- ours\n;SET SESSION AUTHORIZATION DEFAULT;RESET ALL;".to_string(),
+                true
+            )
+        );
+        assert_eq!(
+            resetting_all(""),
+            (
+                "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;".to_string(),
+                false
+            )
+        );
+        assert_eq!(resetting_all("RESET ALL").0, "RESET ALL");
     }
 }

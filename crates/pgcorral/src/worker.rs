@@ -535,6 +535,13 @@ fn serve(
     if ctx.config.main.log_disconnections {
         log_disconnection(session_started.elapsed(), &user, &database, &host);
     }
+    // The SETs that adapted a pooled backend to this client must not outlive it, whatever
+    // server_reset_query is.
+    let reset_query = if setup_applied {
+        backend::resetting_all(&ctx.config.main.server_reset_query).0
+    } else {
+        ctx.config.main.server_reset_query.clone()
+    };
     if poolable
         && end.backend_usable()
         && backend::clean(
@@ -543,7 +550,7 @@ fn serve(
             slot.backend_key(),
             end,
             tracker,
-            &ctx.config.main.server_reset_query,
+            &reset_query,
         )
     {
         pool::give_back(ctx, lease);
@@ -590,12 +597,25 @@ pub(crate) fn setup_sql(startup: &StartupMessage, record: &SlotData) -> String {
 fn session_setup(startup: &StartupMessage, session: &[u8], opener: &[u8]) -> String {
     let old = decode_params(session);
     let opener = decode_params(opener);
+    // Setting names are case-insensitive (TimeZone from one driver, timezone from another).
+    let sent = |name: &str| {
+        startup
+            .params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+    };
     let mut sql = String::new();
     for (k, v) in &startup.params {
-        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+        if ["user", "database", "options", "replication"]
+            .iter()
+            .any(|n| k.eq_ignore_ascii_case(n))
+        {
             continue;
         }
-        if old.iter().any(|(ok, ov)| ok == k && ov == v) {
+        if old
+            .iter()
+            .any(|(ok, ov)| ok.eq_ignore_ascii_case(k) && ov == v)
+        {
             continue;
         }
         sql.push_str(&format!(
@@ -607,19 +627,22 @@ fn session_setup(startup: &StartupMessage, session: &[u8], opener: &[u8]) -> Str
     // What an earlier client set and this one did not send goes back to the opener's value, as if
     // this client had the backend to itself from its start (application_name: below).
     for (k, v) in &old {
-        if *k == "application_name" || startup.get(k).is_some() {
+        if k.eq_ignore_ascii_case("application_name") || sent(k) {
             continue;
         }
-        if opener.iter().any(|(ok, ov)| ok == k && ov == v) {
+        if opener
+            .iter()
+            .any(|(ok, ov)| ok.eq_ignore_ascii_case(k) && ov == v)
+        {
             continue;
         }
-        sql.push_str(&format!("RESET {};", quote_ident(k)));
+        sql.push_str(&format!("RESET {};", quote_ident(&k.to_ascii_lowercase())));
     }
     // A client that sent no application_name must not inherit the previous one.
-    if startup.get("application_name").is_none()
+    if !sent("application_name")
         && old
             .iter()
-            .any(|(k, v)| *k == "application_name" && !v.is_empty())
+            .any(|(k, v)| k.eq_ignore_ascii_case("application_name") && !v.is_empty())
     {
         sql.push_str("SET application_name TO '';");
     }
@@ -771,6 +794,23 @@ mod tests {
         // Once the session is back at the opener's parameters, only what differs from those counts.
         rec.forget_session_params();
         assert_eq!(setup_sql(&next, &rec), "SET \"application_name\" TO 'e';");
+    }
+
+    #[test]
+    fn setting_names_compare_without_case() {
+        let mut rec = record_for(&startup(&[("user", "u")]));
+        let earlier = startup(&[("user", "u"), ("TimeZone", "UTC")]);
+        assert!(rec.set_session_params(&backend::encode_params(&earlier), b""));
+        // Another spelling of the same setting is SET, not also RESET.
+        let other = startup(&[("user", "u"), ("timezone", "Europe/Paris")]);
+        assert_eq!(
+            setup_sql(&other, &rec),
+            "SET \"timezone\" TO 'Europe/Paris';"
+        );
+        let same = startup(&[("user", "u"), ("timezone", "UTC")]);
+        assert_eq!(setup_sql(&same, &rec), "");
+        let none = startup(&[("user", "u")]);
+        assert_eq!(setup_sql(&none, &rec), "RESET \"timezone\";");
     }
 
     #[test]

@@ -1917,23 +1917,11 @@ impl<'a> Tx<'a> {
             .add(h.queries, counted as u64);
         let main = &ctx.config.main;
         let (sql, drops_statements, resets_params) = if main.server_reset_query_always {
-            let q = main
-                .server_reset_query
-                .split_ascii_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_ascii_uppercase();
-            let mut sql = main.server_reset_query.trim().to_string();
-            if !(q.contains("DISCARD ALL") || q.contains("RESET ALL")) {
-                // A query that does not reset every setting could leave this client's SETs, or
-                // reset only some of them: either way the slot's record of the session's
-                // parameters would be wrong. Reset them all, with the query, in one round trip.
-                if !sql.is_empty() && !sql.ends_with(';') {
-                    sql.push(';');
-                }
-                sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
-            }
-            (sql, q.contains("DISCARD") || q.contains("DEALLOCATE"), true)
+            // A query that does not reset every setting could leave this client's SETs, or reset
+            // only some of them: either way the slot's record of the session's parameters would be
+            // wrong, so every setting is reset with it, in one round trip.
+            let (sql, deallocates) = backend::resetting_all(&main.server_reset_query);
+            (sql, deallocates, true)
         } else {
             (
                 h.dirty.reset_sql(),
