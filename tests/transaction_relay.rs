@@ -73,6 +73,13 @@ fn status_line(pooler: &Pgcorral, key: &str) -> String {
         .to_string()
 }
 
+/// Waits up to 10 s for the `pgcorral-ctl status` line starting with `key` to satisfy `holds`;
+/// fails with `what` and the line otherwise.
+fn wait_for_status(pooler: &Pgcorral, key: &str, holds: impl Fn(&str) -> bool, what: &str) {
+    let ok = wait_until(Duration::from_secs(10), || holds(&status_line(pooler, key)));
+    assert!(ok, "{what}: {}", status_line(pooler, key));
+}
+
 #[test]
 fn forty_clients_one_relay_process() {
     let s = setup(tx_opts(TRUST_USER.user, 5, &[]));
@@ -102,13 +109,11 @@ fn forty_clients_one_relay_process() {
         "status should count 40 clients: {line}"
     );
     drop(clients);
-    let ok = wait_until(Duration::from_secs(10), || {
-        status_line(&s.pooler, "clients:").ends_with(" 0")
-    });
-    assert!(
-        ok,
-        "clients still counted after they left: {}",
-        status_line(&s.pooler, "clients:")
+    wait_for_status(
+        &s.pooler,
+        "clients:",
+        |l| l.ends_with(" 0"),
+        "clients still counted after they left",
     );
     let mut admin = cluster_admin(s.cluster.port);
     assert!(
@@ -289,13 +294,11 @@ fn killed_relay_is_replaced_and_frees_its_locks() {
         "the relay's death is logged"
     );
     // No slot stays in use for the dead relay.
-    let ok = wait_until(Duration::from_secs(10), || {
-        status_line(&s.pooler, "states:").contains(" in_use=0 ")
-    });
-    assert!(
-        ok,
-        "slots still in use: {}",
-        status_line(&s.pooler, "states:")
+    wait_for_status(
+        &s.pooler,
+        "states:",
+        |l| l.contains(" in_use=0 "),
+        "slots still in use",
     );
     assert_pool_works(&s.pooler);
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::ini::{self, Item};
-use crate::values::{parse_bool, parse_size, parse_time, parse_uint};
+use crate::values::{parse_bool, parse_either, parse_size, parse_time, parse_uint};
 use crate::{ConfigError, LogLevel, LogType, MainConfig, Pipeline, ProcessTitle, ServerConfig};
 
 /// The most server sections pgagroal accepts.
@@ -350,11 +350,8 @@ fn parse_main(
                 log_rotation_age = parse_time(value).map_err(|r| bad(path, entry, r))?
             }
             "log_mode" => {
-                log_mode_append = match value.to_ascii_lowercase().as_str() {
-                    "append" => true,
-                    "create" => false,
-                    _ => return Err(bad(path, entry, "use append or create")),
-                }
+                log_mode_append =
+                    parse_either(value, "append", "create").map_err(|r| bad(path, entry, r))?
             }
             "log_connections" => {
                 log_connections = parse_bool(value).map_err(|r| bad(path, entry, r))?
@@ -372,18 +369,12 @@ fn parse_main(
                 })?
             }
             "worker_scheduler" => {
-                worker_sched_batch = match value.to_ascii_lowercase().as_str() {
-                    "batch" => true,
-                    "normal" => false,
-                    _ => return Err(bad(path, entry, "use batch or normal")),
-                }
+                worker_sched_batch =
+                    parse_either(value, "batch", "normal").map_err(|r| bad(path, entry, r))?
             }
             "transaction_relay" => {
-                transaction_relay_shared = match value.to_ascii_lowercase().as_str() {
-                    "shared" => true,
-                    "worker" => false,
-                    _ => return Err(bad(path, entry, "use shared or worker")),
-                }
+                transaction_relay_shared =
+                    parse_either(value, "shared", "worker").map_err(|r| bad(path, entry, r))?
             }
             "transaction_relay_nice" => {
                 transaction_relay_nice = parse_nice(value).map_err(|r| bad(path, entry, r))?

@@ -4,6 +4,17 @@
 use std::time::Duration;
 
 /// `on|yes|1|true|off|no|0|false`, case-insensitive.
+/// One of two words (either case): true for `yes`, false for `no`.
+pub(crate) fn parse_either(value: &str, yes: &str, no: &str) -> Result<bool, String> {
+    if value.eq_ignore_ascii_case(yes) {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case(no) {
+        Ok(false)
+    } else {
+        Err(format!("use {yes} or {no}"))
+    }
+}
+
 pub(crate) fn parse_bool(value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
         "on" | "yes" | "1" | "true" => Ok(true),

@@ -168,8 +168,12 @@ pub fn clean(
     end.last_status == b'I'
 }
 
-/// `query` followed by `SET SESSION AUTHORIZATION DEFAULT; RESET ALL` unless it already resets every
-/// setting (`DISCARD ALL`, `RESET ALL`), so that no setting survives it; with whether the query
+/// Takes every setting back to the values the backend was opened with (RESET ALL leaves the
+/// session authorization alone).
+pub const RESET_SETTINGS: &str = "SET SESSION AUTHORIZATION DEFAULT;RESET ALL;";
+
+/// `query` followed by [`RESET_SETTINGS`] unless it already resets every
+/// setting (`DISCARD ALL`), so that no setting survives it; with whether the query
 /// deallocates prepared statements (`DISCARD`, `DEALLOCATE`).
 pub fn resetting_all(query: &str) -> (String, bool) {
     let words = query
@@ -178,13 +182,15 @@ pub fn resetting_all(query: &str) -> (String, bool) {
         .join(" ")
         .to_ascii_uppercase();
     let mut sql = query.trim().to_string();
-    if !(words.contains("DISCARD ALL") || words.contains("RESET ALL")) {
+    // DISCARD ALL is the one statement that resets everything; RESET ALL leaves the session
+    // authorization.
+    if !words.contains("DISCARD ALL") {
         // A new line first: the query may end in a -- comment. The empty statement a second
         // semicolon makes is allowed.
         if !sql.is_empty() {
             sql.push_str("\n;");
         }
-        sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
+        sql.push_str(RESET_SETTINGS);
     }
     (
         sql,
@@ -314,11 +320,19 @@ pub fn record_new_backend(
     recorded
 }
 
+/// Whether a startup parameter is a setting SET can change (not user, database, options or
+/// replication). Setting names are case-insensitive.
+pub fn names_a_setting(name: &str) -> bool {
+    !["user", "database", "options", "replication"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
 /// Startup parameters worth recording for a backend (what SET can change later).
 pub fn encode_params(startup: &pgcorral_wire::StartupMessage) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in &startup.params {
-        if matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+        if !names_a_setting(k) {
             continue;
         }
         out.extend_from_slice(k.as_bytes());
@@ -400,6 +414,9 @@ mod tests {
                 false
             )
         );
-        assert_eq!(resetting_all("RESET ALL").0, "RESET ALL");
+        assert_eq!(
+            resetting_all("RESET ALL").0,
+            "RESET ALL\n;SET SESSION AUTHORIZATION DEFAULT;RESET ALL;"
+        );
     }
 }

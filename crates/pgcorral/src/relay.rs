@@ -323,6 +323,7 @@ impl<'a> Relay<'a> {
         let shared = Rc::new(Shared {
             fds: RefCell::new(FdCache::default()),
             relay: Some(RelayHooks::new(poll.registry().try_clone()?)),
+            reset_always: Default::default(),
         });
         Ok(Relay {
             ctx,

@@ -297,8 +297,8 @@ fn serve(
     let server = &ctx.config.servers[server_index];
     let poolable;
     let mut setup_applied = false;
-    // After SETs at login: the session's ParameterStatus values, for the transaction pipeline's
-    // record of the session.
+    // After SETs at login: the session's ParameterStatus values (for the transaction pipeline's
+    // record of the session).
     let mut session_reported = None;
     if lease.fresh && verified_by_pooler {
         let Some(credential) = backend_credential.as_ref() else {
@@ -479,7 +479,6 @@ fn serve(
         let login = if poolable {
             Some(pipeline::transaction::LoginBackend {
                 lease,
-                setup_applied,
                 session_reported,
             })
         } else {
@@ -606,10 +605,7 @@ fn session_setup(startup: &StartupMessage, session: &[u8], opener: &[u8]) -> Str
     };
     let mut sql = String::new();
     for (k, v) in &startup.params {
-        if ["user", "database", "options", "replication"]
-            .iter()
-            .any(|n| k.eq_ignore_ascii_case(n))
-        {
+        if !backend::names_a_setting(k) {
             continue;
         }
         if old

@@ -123,8 +123,7 @@ impl Dirty {
             sql.push_str("CLOSE ALL;");
         }
         if self.has(Dirty::GUC) {
-            // RESET ALL leaves role and session_authorization alone.
-            sql.push_str("SET SESSION AUTHORIZATION DEFAULT;RESET ALL;");
+            sql.push_str(backend::RESET_SETTINGS);
         }
         if self.has(Dirty::LISTEN) {
             sql.push_str("UNLISTEN *;");
@@ -320,8 +319,8 @@ pub struct TxClient {
 pub struct LoginBackend {
     pub lease: Lease,
     /// The login ran SET statements to match the client's startup parameters (undo them).
-    pub setup_applied: bool,
-    /// With `setup_applied`: the session's ParameterStatus values after the SETs.
+    /// When the login SET the backend's startup parameters to the client's: the session's
+    /// ParameterStatus values after the SETs.
     pub session_reported: Option<Vec<u8>>,
 }
 
@@ -330,6 +329,9 @@ pub struct LoginBackend {
 pub struct Shared {
     pub fds: RefCell<FdCache>,
     pub relay: Option<RelayHooks>,
+    /// With `server_reset_query_always`: the query run after every transaction (worked out once;
+    /// a process keeps its configuration for its life) and whether it deallocates statements.
+    pub reset_always: std::cell::OnceCell<(String, bool)>,
 }
 
 impl Shared {
@@ -338,6 +340,7 @@ impl Shared {
         Rc::new(Shared {
             fds: RefCell::new(FdCache::default()),
             relay: None,
+            reset_always: Default::default(),
         })
     }
 }
@@ -621,12 +624,10 @@ impl<'a> Tx<'a> {
     /// Takes the login's idle backend and gives it back at once (before waiting for the client).
     fn adopt_login(&mut self, login: LoginBackend) {
         let mut dirty = Dirty::default();
-        let kept = match login.session_reported.as_deref() {
-            Some(reported) => self.keep_session_params(login.lease.slot, reported),
-            None => false,
-        };
-        if login.setup_applied && !kept {
-            dirty.set(Dirty::GUC);
+        if let Some(reported) = login.session_reported.as_deref() {
+            if !self.keep_session_params(login.lease.slot, reported) {
+                dirty.set(Dirty::GUC);
+            }
         }
         self.held = Some(Held {
             fd: login.lease.fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1),
@@ -1916,15 +1917,20 @@ impl<'a> Tx<'a> {
             .slot_stats(h.lease.slot)
             .add(h.queries, counted as u64);
         let main = &ctx.config.main;
+        let shared = Rc::clone(&self.shared);
+        let dirty_sql;
         let (sql, drops_statements, resets_params) = if main.server_reset_query_always {
             // A query that does not reset every setting could leave this client's SETs, or reset
             // only some of them: either way the slot's record of the session's parameters would be
             // wrong, so every setting is reset with it, in one round trip.
-            let (sql, deallocates) = backend::resetting_all(&main.server_reset_query);
-            (sql, deallocates, true)
+            let (sql, deallocates) = shared
+                .reset_always
+                .get_or_init(|| backend::resetting_all(&main.server_reset_query));
+            (sql.as_str(), *deallocates, true)
         } else {
+            dirty_sql = h.dirty.reset_sql();
             (
-                h.dirty.reset_sql(),
+                dirty_sql.as_str(),
                 h.dirty.has(Dirty::SQL_PREPARE) || h.lost_statements,
                 h.dirty.has(Dirty::GUC),
             )
