@@ -1942,7 +1942,7 @@ impl<'a> Tx<'a> {
         }
         if !sql.is_empty() {
             log::debug!("slot {}: resetting session state: {sql}", h.lease.slot);
-            if backend::run_setup(h.fd, &sql, Instant::now() + backend::RESET_TIMEOUT).is_err() {
+            if backend::run_setup(h.fd, sql, Instant::now() + backend::RESET_TIMEOUT).is_err() {
                 log::warn!(
                     "slot {}: resetting the backend failed; closing it",
                     h.lease.slot
