@@ -22,8 +22,13 @@
 #   tx-N-<c>       -N -M simple (writes: UPDATE, SELECT, INSERT in BEGIN/END)
 #   tx-prep-<c>    -S -M prepared, for each c in $TX_PREPARED_CLIENTS (PgBouncer 1.18 has no
 #                  prepared statements in transaction mode: pgcorral and direct only)
-# Order: for each round, for each scenario: direct, pgcorral, pgbouncer. The table shows the
-# median over the rounds (the mean of the two middle values for an even number of rounds).
+# Order: for each round, for each scenario: direct, pgcorral, pgbouncer, bound. The table shows
+# the median over the rounds (the mean of the two middle values for an even number of rounds).
+#
+# "bound" is pgcorral-relay-bound (crates/pgcorral-relay-bound): a relay that does only what any
+# pooler must do (read and write each message; in transaction mode, hand a shared server connection
+# to a client until ReadyForQuery 'I') and nothing else, in one epoll loop like PgBouncer. It is not
+# a pooler; its row shows what this machine allows a relay to reach. Not run for -C and tx-prep.
 #
 # Environment:
 #   DURATION         seconds per pgbench run (default 15; --quick: 3)
@@ -39,6 +44,8 @@
 #   OUT              report file (default target/bench/results.md; relative to the current dir)
 #   PG_BIN           PostgreSQL 15 server binaries (default /usr/lib/postgresql/15/bin)
 #   PGCORRAL_BIN     use this pgcorral binary instead of building target/release/pgcorral
+#                    (pgcorral-relay-bound is then taken from the same directory)
+#   BOUND            1 (default) runs the bound target beside the poolers; 0 leaves it out
 #   KEEP_TMP=1       keep the temporary directory even on success
 set -euo pipefail
 
@@ -84,6 +91,8 @@ TX_PREPARED_CLIENTS=${TX_PREPARED_CLIENTS-50 200}
 TX_POOL_SIZE=${TX_POOL_SIZE:-20}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 KEEP_TMP=${KEEP_TMP:-0}
+BOUND=${BOUND:-1}
+case "$BOUND" in 0 | 1) ;; *) die "BOUND must be 0 or 1, not '$BOUND'" ;; esac
 if [ -n "${OUT:-}" ]; then
     case "$OUT" in /*) ;; *) OUT=$PWD/$OUT ;; esac
 else
@@ -157,11 +166,15 @@ if [ -n "${PGCORRAL_BIN:-}" ]; then
     BIN=$PGCORRAL_BIN
     say "using $BIN (PGCORRAL_BIN; no build)"
 else
-    say "cargo build --release -p pgcorral"
-    (cd "$ROOT" && cargo build --release -p pgcorral) || die "cargo build --release -p pgcorral failed"
+    say "cargo build --release -p pgcorral -p pgcorral-relay-bound"
+    (cd "$ROOT" && cargo build --release -p pgcorral -p pgcorral-relay-bound) ||
+        die "cargo build --release -p pgcorral -p pgcorral-relay-bound failed"
     BIN=$ROOT/target/release/pgcorral
 fi
 [ -x "$BIN" ] || die "$BIN is not an executable"
+BOUND_BIN=$(dirname "$BIN")/pgcorral-relay-bound
+[ "$BOUND" -eq 0 ] || [ -x "$BOUND_BIN" ] ||
+    die "$BOUND_BIN missing: cargo build --release -p pgcorral-relay-bound (or BOUND=0)"
 
 # ---------------------------------------------------------------------------------------------
 # Processes and cleanup
@@ -172,6 +185,8 @@ PGCORRAL_PID=
 PGBOUNCER_PID=
 PGCORRAL_TX_PID=
 PGBOUNCER_TX_PID=
+BOUND_PID=
+BOUND_TX_PID=
 BENCH_PID=
 SUCCESS=0
 
@@ -218,6 +233,8 @@ cleanup() {
         for w in $txw; do stop_pid "$w" pgcorral; done
     fi
     [ -n "$PGBOUNCER_TX_PID" ] && stop_pid "$PGBOUNCER_TX_PID" pgbouncer
+    [ -n "$BOUND_PID" ] && stop_pid "$BOUND_PID" pgcorral-relay-bound
+    [ -n "$BOUND_TX_PID" ] && stop_pid "$BOUND_TX_PID" pgcorral-relay-bound
     if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
         local pm
         pm=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null)
@@ -409,6 +426,31 @@ declare -A PID_OF=([pgcorral]=$PGCORRAL_PID [pgbouncer]=$PGBOUNCER_PID
     [pgcorral-tx]=$PGCORRAL_TX_PID [pgbouncer-tx]=$PGBOUNCER_TX_PID)
 TARGETS=(direct pgcorral pgbouncer pgcorral-tx pgbouncer-tx)
 
+# ---------------------------------------------------------------------------------------------
+# The bound: the least a relay must do (a reference, not a pooler)
+# ---------------------------------------------------------------------------------------------
+# Starts pgcorral-relay-bound ($1: label) on port $2 with the mode arguments after; PID in STARTED_PID.
+start_bound() {
+    local label=$1 port=$2
+    shift 2
+    say "$label on 127.0.0.1:$port"
+    "$BOUND_BIN" --listen "127.0.0.1:$port" --server "127.0.0.1:$PG_PORT" "$@" \
+        </dev/null >"$WORK/$label.log" 2>&1 &
+    STARTED_PID=$!
+    wait_port "$port" "$STARTED_PID" || die "$label did not come up on port $port: see $WORK/$label.log"
+}
+if [ "$BOUND" -eq 1 ]; then
+    BOUND_PORT=$(free_port)
+    start_bound bound "$BOUND_PORT" forward
+    BOUND_PID=$STARTED_PID
+    BOUND_TX_PORT=$(free_port)
+    start_bound bound-tx "$BOUND_TX_PORT" transaction --user bench --database bench --pool "$TX_POOL_SIZE"
+    BOUND_TX_PID=$STARTED_PID
+    PORT_OF[bound]=$BOUND_PORT PORT_OF[bound-tx]=$BOUND_TX_PORT
+    PID_OF[bound]=$BOUND_PID PID_OF[bound-tx]=$BOUND_TX_PID
+    TARGETS+=(bound bound-tx)
+fi
+
 # Every target answers before anything is measured.
 for t in "${TARGETS[@]}"; do
     PGCONNECT_TIMEOUT=10 psql_at "${PORT_OF[$t]}" -U bench -d bench -tA \
@@ -422,17 +464,24 @@ done
 SCENARIOS=()
 declare -A SC_ARGS SC_CLIENTS SC_TARGETS
 SESSION_TARGETS="direct pgcorral pgbouncer"
+TX_TARGETS="direct pgcorral-tx pgbouncer-tx"
+if [ "$BOUND" -eq 1 ]; then
+    SESSION_TARGETS_BOUND="$SESSION_TARGETS bound"
+    TX_TARGETS="$TX_TARGETS bound-tx"
+else
+    SESSION_TARGETS_BOUND=$SESSION_TARGETS
+fi
 for c in $CLIENTS; do
     SCENARIOS+=("simple-$c")
     SC_ARGS[simple-$c]="-S -M simple"
     SC_CLIENTS[simple-$c]=$c
-    SC_TARGETS[simple-$c]=$SESSION_TARGETS
+    SC_TARGETS[simple-$c]=$SESSION_TARGETS_BOUND
 done
 for c in $CLIENTS; do
     SCENARIOS+=("extended-$c")
     SC_ARGS[extended-$c]="-S -M extended"
     SC_CLIENTS[extended-$c]=$c
-    SC_TARGETS[extended-$c]=$SESSION_TARGETS
+    SC_TARGETS[extended-$c]=$SESSION_TARGETS_BOUND
 done
 for c in $CONNECT_CLIENTS; do
     SCENARIOS+=("connect-$c")
@@ -446,7 +495,7 @@ for c in $TX_CLIENTS; do
         TX_SCENARIOS+=("tx-$kind-$c")
         SC_ARGS[tx-$kind-$c]="-$kind -M simple"
         SC_CLIENTS[tx-$kind-$c]=$c
-        SC_TARGETS[tx-$kind-$c]="direct pgcorral-tx pgbouncer-tx"
+        SC_TARGETS[tx-$kind-$c]=$TX_TARGETS
     done
 done
 for c in $TX_PREPARED_CLIENTS; do
@@ -628,6 +677,17 @@ GIT_REV=$(git -C "$ROOT" describe --always --dirty --abbrev=12 2>/dev/null || ec
 CPU_MODEL=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 [ -n "$CPU_MODEL" ] || CPU_MODEL=$(uname -m)
 
+# The bound's three cells of scenario $1 (target $2, PgBouncer's median TPS $3) in BOUND_CELLS.
+bound_cells() {
+    local t
+    if [ -n "${TPS[$1/$2]:-}" ]; then
+        t=$(echo "${TPS[$1/$2]}" | median)
+        BOUND_CELLS="$t | $(ratio "$t" "$3") | $(echo "${CPU_US[$1/$2]}" | median)"
+    else
+        BOUND_CELLS="n/a | n/a | n/a"
+    fi
+}
+
 report() {
     echo "## pgcorral benchmark ($(date -u '+%Y-%m-%d %H:%M UTC'))"
     echo
@@ -640,8 +700,8 @@ report() {
     if [ -n "${TX_SCENARIOS[*]}" ]; then
         echo "### Transaction pooling (pool of $TX_POOL_SIZE server connections)"
         echo
-        echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral CPU µs/tx | pgbouncer CPU µs/tx | ceiling |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral CPU µs/tx | pgbouncer CPU µs/tx | ceiling | bound TPS | bound/pgbouncer | bound CPU µs/tx |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         for sc in "${TX_SCENARIOS[@]}"; do
             d=$(echo "${TPS[$sc/direct]}" | median)
             c=$(echo "${TPS[$sc/pgcorral-tx]}" | median)
@@ -661,15 +721,16 @@ report() {
             tx-N-*) label="-N -M simple, ${SC_CLIENTS[$sc]} clients" ;;
             tx-prep-*) label="-S -M prepared, ${SC_CLIENTS[$sc]} clients" ;;
             esac
-            echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $cu | $bu | $(ceiling "$b" "$bu") |"
+            bound_cells "$sc" bound-tx "$b"
+            echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $cu | $bu | $(ceiling "$b" "$bu") | $BOUND_CELLS |"
         done
         echo
     fi
     [ -n "$CLIENTS$CONNECT_CLIENTS" ] && {
     echo "### Session pooling (pgbench -S, pool of $POOL_SIZE)"
     echo
-    echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral/direct | pgcorral CPU µs/tx | pgbouncer CPU µs/tx | ceiling |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| scenario | direct TPS | pgcorral TPS | pgbouncer TPS | pgcorral/pgbouncer | pgcorral/direct | pgcorral CPU µs/tx | pgbouncer CPU µs/tx | ceiling | bound TPS | bound/pgbouncer | bound CPU µs/tx |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     for sc in "${SCENARIOS[@]}"; do
         case "$sc" in tx-*) continue ;; esac
         d=$(echo "${TPS[$sc/direct]}" | median)
@@ -682,7 +743,8 @@ report() {
         esac
         cu=$(echo "${CPU_US[$sc/pgcorral]}" | median)
         bu=$(echo "${CPU_US[$sc/pgbouncer]}" | median)
-        echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $(ratio "$c" "$d") | $cu | $bu | $(ceiling "$b" "$bu") |"
+        bound_cells "$sc" bound "$b"
+        echo "| $label | $d | $c | $b | $(ratio "$c" "$b") | $(ratio "$c" "$d") | $cu | $bu | $(ceiling "$b" "$bu") | $BOUND_CELLS |"
     done
     echo
     }
@@ -691,15 +753,20 @@ report() {
         "main process private $main_priv, Pss $main_pss."
     echo
     if [ "$ROUNDS" -gt 1 ]; then
-        echo "Per-round TPS (direct | pgcorral | pgbouncer):"
+        echo "Per-round TPS (direct | pgcorral | pgbouncer | bound):"
         echo
+        local bd
         for sc in "${SCENARIOS[@]}"; do
             case "$sc" in
             tx-*)
                 b=${TPS[$sc/pgbouncer-tx]:-n/a}
-                echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral-tx]// /, } | ${b// /, }"
+                bd=${TPS[$sc/bound-tx]:-n/a}
+                echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral-tx]// /, } | ${b// /, } | ${bd// /, }"
                 ;;
-            *) echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral]// /, } | ${TPS[$sc/pgbouncer]// /, }" ;;
+            *)
+                bd=${TPS[$sc/bound]:-n/a}
+                echo "- $sc: ${TPS[$sc/direct]// /, } | ${TPS[$sc/pgcorral]// /, } | ${TPS[$sc/pgbouncer]// /, } | ${bd// /, }"
+                ;;
             esac
         done
         echo
@@ -711,12 +778,13 @@ report() {
     echo
     echo "Parameters: pgbench -n -j $JOBS -T $DURATION; session pooling: -S -M simple / -M extended at CLIENTS=\"$CLIENTS\"," \
         "-C -M simple at CONNECT_CLIENTS=\"$CONNECT_CLIENTS\"; scale $SCALE; TCP to 127.0.0.1;" \
-        "order per scenario direct, pgcorral, pgbouncer; $ROUNDS round(s)." \
+        "order per scenario direct, pgcorral, pgbouncer, bound; $ROUNDS round(s)." \
         "Transaction pooling: pgcorral pipeline=transaction and PgBouncer pool_mode=transaction, $TX_POOL_SIZE server connections each, TX_CLIENTS=\"$TX_CLIENTS\", TX_PREPARED_CLIENTS=\"$TX_PREPARED_CLIENTS\"." \
         "PostgreSQL: max_connections=600, fsync=off, shared_buffers=256MB, trust." \
         "pgcorral: pipeline=performance, max_connections=100, limit bench/bench $POOL_SIZE, log_level=warn, hba method all." \
         "PgBouncer: pool_mode=session, default_pool_size=$POOL_SIZE, max_client_conn=500, auth_type=trust," \
-        "log_connections=0, log_disconnections=0."
+        "log_connections=0, log_disconnections=0." \
+        "Bound: pgcorral-relay-bound forward (session rows) and transaction --pool $TX_POOL_SIZE (transaction rows), nice 0, BOUND=$BOUND."
     if [ "$QUICK" -eq 1 ]; then
         echo
         echo "(--quick smoke run: the figures check the script, they are not a measurement.)"
