@@ -449,7 +449,14 @@ impl Pool {
         };
         loop {
             let Some(n) = read_some(&mut client.stream, &mut self.buf) else {
-                return Ok(());
+                if client.sent {
+                    return Ok(());
+                }
+                // An edge-triggered wake-up whose bytes an earlier read already took: nothing
+                // went to the backend, so it goes back rather than idle with this client.
+                client.backend = None;
+                self.backends[b].client = None;
+                return self.release(poll, b);
             };
             // Stop at a Terminate: the backend stays with the pool.
             let mut end = n;
