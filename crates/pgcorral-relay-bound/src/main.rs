@@ -128,6 +128,17 @@ fn connect(server: SocketAddr) -> io::Result<std::net::TcpStream> {
     Ok(stream)
 }
 
+/// Waits for events; a signal's interruption is not an error, it is an empty wake-up.
+fn wait(poll: &mut Poll, events: &mut Events) -> io::Result<()> {
+    match poll.poll(events, None) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 // ---- forward ---------------------------------------------------------------------------------
 
 fn forward(listen_on: SocketAddr, server: SocketAddr) -> io::Result<()> {
@@ -138,12 +149,7 @@ fn forward(listen_on: SocketAddr, server: SocketAddr) -> io::Result<()> {
     let mut buf = vec![0u8; BUFFER];
     let mut events = Events::with_capacity(1024);
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        wait(&mut poll, &mut events)?;
         for event in events.iter() {
             if event.token() == LISTENER {
                 while let Ok((client, _)) = listener.accept() {
@@ -361,12 +367,7 @@ fn transaction(
     let listener = listen(listen_on, &poll)?;
     let mut events = Events::with_capacity(1024);
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        wait(&mut poll, &mut events)?;
         for event in events.iter() {
             let token = event.token();
             if token == LISTENER {
