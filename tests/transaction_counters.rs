@@ -26,6 +26,19 @@ fn stat(st: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no stats.{key} in {st}"))
 }
 
+/// The status once the pool's backends are all free (fails after 5 s).
+fn wait_until_backend_free(s: &Setup) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = status(s);
+        if st["states"]["in_use"].as_u64() == Some(0) && st["states"]["free"].as_u64() >= Some(1) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "no backend became free: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// 10 statements in autocommit and 5 explicit transactions of 4 statements: 30 queries in 15
 /// transactions, counted exactly (the login itself is neither), and the per-slot counts add up.
 #[test]
@@ -59,7 +72,9 @@ fn waiting_is_counted_with_its_time() {
     let s = setup(tx_opts(TRUST_USER.user, 1, &[]));
     let mut a = must_connect(s.pooler.port, TRUST_USER.user, None);
     let mut b = must_connect(s.pooler.port, TRUST_USER.user, None);
-    let before = status(&s);
+    // A login's worker gives its backend back just after the client has its ReadyForQuery, so B's
+    // may still hold it here: A's BEGIN would then rightly count as a (short) wait.
+    let before = wait_until_backend_free(&s);
     a.batch_execute("BEGIN").unwrap();
     let waiter = std::thread::spawn(move || {
         let t = Instant::now();
