@@ -26,17 +26,16 @@ fn stat(st: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no stats.{key} in {st}"))
 }
 
-/// The status once the pool's backends are all free (fails after 5 s).
+/// The status once no backend is in use and one is free (fails after 5 s).
 fn wait_until_backend_free(s: &Setup) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let st = status(s);
-        if st["states"]["in_use"].as_u64() == Some(0) && st["states"]["free"].as_u64() >= Some(1) {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "no backend became free: {st}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut st = Value::Null;
+    let free = wait_until(Duration::from_secs(5), || {
+        st = status(s);
+        st["states"]["in_use"].as_u64() == Some(0)
+            && st["states"]["free"].as_u64().is_some_and(|n| n >= 1)
+    });
+    assert!(free, "no backend became free: {st}");
+    st
 }
 
 /// 10 statements in autocommit and 5 explicit transactions of 4 statements: 30 queries in 15

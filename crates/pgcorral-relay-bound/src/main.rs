@@ -454,9 +454,8 @@ impl Pool {
                     return Ok(());
                 }
                 // An edge-triggered wake-up whose bytes an earlier read already took: nothing
-                // went to the backend, so it goes back rather than idle with this client.
-                client.backend = None;
-                self.backends[b].client = None;
+                // went to the backend, so it goes back (release unlinks it from this client)
+                // rather than idle with it.
                 return self.release(poll, b);
             };
             // Stop at a Terminate: the backend stays with the pool.
